@@ -1,0 +1,213 @@
+"""Feeds declared by the user in a YAML file: adding a vendor's file needs an entry, not code.
+
+A feed says what its files hold (``kind``), how to read them (``format``, ``columns``,
+``timestamp``) and which symbols are known. See ``feeds.yaml`` at the repository root and the
+README's "Feeds" section for every field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("trades", "bars", "decisions", "feedback")
+FORMATS = ("csv", "parquet", "binance-trades")
+TIME_UNITS = ("s", "ms", "us", "ns", "auto")
+
+# Canonical columns each kind needs from a file (mapped through ``columns``) and their types.
+# Optional columns may be absent from a file; they are then NULL.
+REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
+    "trades": {
+        "symbol": "VARCHAR",
+        "ts": "VARCHAR",
+        "trade_id": "BIGINT",
+        "price": "DOUBLE",
+        "size": "DOUBLE",
+    },
+    "bars": {
+        "symbol": "VARCHAR",
+        "ts": "VARCHAR",
+        "open": "DOUBLE",
+        "high": "DOUBLE",
+        "low": "DOUBLE",
+        "close": "DOUBLE",
+        "volume": "DOUBLE",
+    },
+}
+OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
+    "trades": {"side": "VARCHAR", "is_buyer_maker": "BOOLEAN"},
+    "bars": {"adj_close": "DOUBLE"},
+}
+
+# Binance's public spot trade dump: no header (newer dumps may carry one), epoch time in
+# milliseconds (microseconds for spot since 2025).
+BINANCE_TRADE_COLUMNS = {
+    "id": "BIGINT",
+    "price": "DOUBLE",
+    "qty": "DOUBLE",
+    "quote_qty": "DOUBLE",
+    "time": "BIGINT",
+    "is_buyer_maker": "BOOLEAN",
+    "is_best_match": "BOOLEAN",
+}
+BINANCE_COLUMN_MAP = {
+    "trade_id": "id",
+    "price": "price",
+    "size": "qty",
+    "ts": "time",
+    "is_buyer_maker": "is_buyer_maker",
+}
+
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,32}$")
+
+
+class FeedConfigError(ValueError):
+    """The feeds file is wrong; the message names the feed and the field."""
+
+
+@dataclass(frozen=True)
+class TimestampSpec:
+    """How a file's timestamp column is read."""
+
+    unit: str | None = None  # epoch numbers: s / ms / us / ns / auto (by magnitude)
+    format: str | None = None  # strptime format for text timestamps; None = ISO-8601
+    timezone: str = "UTC"  # zone of naive text timestamps; converted to UTC
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """One declared feed. Files land under ``landing/<name>/``."""
+
+    name: str
+    kind: str
+    format: str
+    columns: dict[str, str] = field(default_factory=dict)
+    timestamp: TimestampSpec = field(default_factory=TimestampSpec)
+    delimiter: str = ","
+    header: bool = True
+    symbol: str | None = None
+    symbol_from_filename: str | None = None
+    file_date_pattern: str | None = None
+    symbols: tuple[str, ...] = ()
+    interval: str = "1d"
+    description: str = ""
+
+    @property
+    def landing_prefix(self) -> str:
+        return f"landing/{self.name}"
+
+    def source_column(self, canonical: str) -> str | None:
+        """The file's column holding a canonical column, or None when the file lacks it."""
+        if self.format == "binance-trades":
+            return BINANCE_COLUMN_MAP.get(canonical)
+        return self.columns.get(canonical)
+
+    def symbol_for_file(self, filename: str) -> str | None:
+        """The constant symbol of a file that has no symbol column (config or file name)."""
+        if self.symbol:
+            return self.symbol
+        if self.symbol_from_filename:
+            match = re.search(self.symbol_from_filename, filename)
+            if match:
+                return match.group("symbol") if "symbol" in match.groupdict() else match.group(1)
+        return None
+
+    def date_for_file(self, filename: str) -> str | None:
+        """The day a daily file covers, from its name, when the feed declares a pattern."""
+        if not self.file_date_pattern:
+            return None
+        match = re.search(self.file_date_pattern, filename)
+        if not match:
+            return None
+        return match.group("date") if "date" in match.groupdict() else match.group(1)
+
+
+def _timestamp_spec(feed_name: str, raw: Any) -> TimestampSpec:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise FeedConfigError(f"feed {feed_name!r}: 'timestamp' must be a mapping")
+    unknown = set(raw) - {"unit", "format", "timezone"}
+    if unknown:
+        raise FeedConfigError(f"feed {feed_name!r}: unknown timestamp keys {sorted(unknown)}")
+    unit = raw.get("unit")
+    if unit is not None and unit not in TIME_UNITS:
+        raise FeedConfigError(f"feed {feed_name!r}: timestamp.unit must be one of {TIME_UNITS}")
+    if unit and raw.get("format"):
+        raise FeedConfigError(
+            f"feed {feed_name!r}: give timestamp.unit or timestamp.format, not both"
+        )
+    return TimestampSpec(unit=unit, format=raw.get("format"), timezone=raw.get("timezone", "UTC"))
+
+
+def parse_feed(raw: dict[str, Any]) -> FeedSpec:
+    """Validate one feed entry and return its spec."""
+    name = raw.get("name")
+    if not name or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
+        raise FeedConfigError(f"feed name {name!r} must be lower-case letters, digits, - or _")
+    known = {f for f in FeedSpec.__dataclass_fields__}
+    unknown = set(raw) - known
+    if unknown:
+        raise FeedConfigError(f"feed {name!r}: unknown keys {sorted(unknown)}")
+    kind, fmt = raw.get("kind"), raw.get("format")
+    if kind not in KINDS:
+        raise FeedConfigError(f"feed {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    if fmt not in FORMATS:
+        raise FeedConfigError(f"feed {name!r}: format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "binance-trades" and kind != "trades":
+        raise FeedConfigError(f"feed {name!r}: format binance-trades holds trades, not {kind}")
+    columns = {str(k): str(v) for k, v in (raw.get("columns") or {}).items()}
+    timestamp = _timestamp_spec(name, raw.get("timestamp"))
+    if fmt == "binance-trades" and timestamp.unit is None:
+        timestamp = TimestampSpec(unit="auto")
+    spec = FeedSpec(
+        name=name,
+        kind=kind,
+        format=fmt,
+        columns=columns,
+        timestamp=timestamp,
+        delimiter=str(raw.get("delimiter", ",")),
+        header=bool(raw.get("header", fmt != "binance-trades")),
+        symbol=raw.get("symbol"),
+        symbol_from_filename=raw.get("symbol_from_filename"),
+        file_date_pattern=raw.get("file_date_pattern"),
+        symbols=tuple(str(s) for s in raw.get("symbols") or ()),
+        interval=str(raw.get("interval", "1d")),
+        description=str(raw.get("description", "")),
+    )
+    if kind in REQUIRED_COLUMNS and fmt != "binance-trades":
+        needed = set(REQUIRED_COLUMNS[kind]) - {"symbol"}
+        missing = sorted(needed - set(columns))
+        if missing:
+            raise FeedConfigError(f"feed {name!r}: columns must map {missing}")
+    has_symbol = "symbol" in columns or spec.symbol or spec.symbol_from_filename
+    if kind in REQUIRED_COLUMNS and not has_symbol:
+        raise FeedConfigError(
+            f"feed {name!r}: map a 'symbol' column, or give 'symbol' or 'symbol_from_filename'"
+        )
+    for pattern in (spec.symbol_from_filename, spec.file_date_pattern):
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise FeedConfigError(f"feed {name!r}: bad pattern {pattern!r}: {exc}") from exc
+    return spec
+
+
+def load_feeds(path: str | Path) -> dict[str, FeedSpec]:
+    """Read the feeds file: ``feeds: [ {name, kind, format, …}, … ]``."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FeedConfigError(f"cannot read feeds file {path}: {exc}") from exc
+    feeds: dict[str, FeedSpec] = {}
+    for raw in doc.get("feeds") or []:
+        spec = parse_feed(raw)
+        if spec.name in feeds:
+            raise FeedConfigError(f"feed {spec.name!r} is declared twice in {path}")
+        feeds[spec.name] = spec
+    return feeds

@@ -1,0 +1,179 @@
+"""One storage root for everything the platform writes: a local folder or ``s3://bucket/prefix``.
+
+Plain Python (no Dagster) so that the collector, the simulator, tests and benchmarks share it.
+Paths handed to :class:`Storage` are always relative to the root (``raw/trades/date=…``).
+
+Why the shape: DuckDB and pyarrow read and write local files fastest, and an object store only
+guarantees atomicity per object. So every write goes to a local temporary file first and is then
+*committed* in one step: ``os.replace`` locally, a single PUT (or completed multipart upload) on
+S3. A reader sees the old object or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+HASH_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A stored file as listed: path relative to the root, size in bytes, modification stamp."""
+
+    path: str
+    size: int
+    modified: str
+
+
+class Storage:
+    """A storage root with atomic writes, content hashes and local read paths."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        s3_endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ) -> None:
+        self.is_s3 = root.startswith("s3://")
+        if self.is_s3:
+            client_kwargs = {"endpoint_url": s3_endpoint_url} if s3_endpoint_url else {}
+            # No region_name here: against a local endpoint it makes mkdir send a
+            # LocationConstraint that the server rejects (KNOWN_GOOD.md).
+            self.fs = fsspec.filesystem(
+                "s3",
+                key=aws_access_key_id,
+                secret=aws_secret_access_key,
+                client_kwargs=client_kwargs,
+                skip_instance_cache=True,
+            )
+            self.root = root.rstrip("/")
+            self._base = self.root[len("s3://") :]
+        else:
+            self.fs = fsspec.filesystem("file")
+            self.root = str(Path(root).resolve())
+            self._base = self.root
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root!r})"
+
+    # -- addressing -------------------------------------------------------------------------
+    def uri(self, rel: str) -> str:
+        """Full URI (``s3://…`` or an absolute local path) of a relative path."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _full(self, rel: str) -> str:
+        return f"{self._base}/{rel}" if rel else self._base
+
+    def _rel(self, full: str) -> str:
+        full = full[len("s3://") :] if full.startswith("s3://") else full
+        return full[len(self._base) :].lstrip("/")
+
+    # -- reading ----------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._full(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open(self._full(rel), "rb") as f:
+            return f.read()
+
+    def list_files(self, prefix: str) -> list[FileInfo]:
+        """Every file below ``prefix``, sorted by path; names starting with '.' or '_' are skipped
+        (temporary files of in-flight writes and bookkeeping files)."""
+        full = self._full(prefix)
+        if not self.fs.exists(full):
+            return []
+        found = []
+        for path, info in self.fs.find(full, detail=True).items():
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith((".", "_")) or info.get("type") == "directory":
+                continue
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+            found.append(FileInfo(self._rel(path), int(info.get("size") or 0), str(modified)))
+        return sorted(found, key=lambda f: f.path)
+
+    def sha256(self, rel: str) -> str:
+        """Content hash of a stored file, streamed in chunks."""
+        digest = hashlib.sha256()
+        with self.fs.open(self._full(rel), "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str) -> Iterator[Path]:
+        """A local path with the file's bytes: the file itself when local, a temporary download
+        on S3 (removed on exit). DuckDB and pyarrow then read at local speed."""
+        if not self.is_s3:
+            yield Path(self._full(rel))
+            return
+        suffix = "".join(Path(rel).suffixes[-2:])
+        with tempfile.TemporaryDirectory(prefix="dd-read-") as tmp:
+            local = Path(tmp) / f"copy{suffix}"
+            self.fs.get(self._full(rel), str(local))
+            yield local
+
+    # -- writing ----------------------------------------------------------------------------
+    def commit_file(self, local_path: Path | str, rel: str) -> None:
+        """Publish a finished local file at ``rel`` in one atomic step, consuming the local file."""
+        local_path = Path(local_path)
+        if self.is_s3:
+            self.fs.put_file(str(local_path), self._full(rel))
+            local_path.unlink(missing_ok=True)
+            return
+        dest = Path(self._full(rel))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".tmp-{uuid.uuid4().hex}-{dest.name}"
+        # A copy first when the file lives on another filesystem: os.replace is atomic only
+        # within one filesystem.
+        shutil.move(str(local_path), staging)
+        os.replace(staging, dest)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomically write bytes at ``rel``."""
+        with self.staging_dir() as tmp:
+            local = tmp / "payload"
+            local.write_bytes(data)
+            self.commit_file(local, rel)
+
+    def put_immutable(self, local_path: Path | str, rel: str) -> bool:
+        """Copy a local file to ``rel`` unless a file is already there. Returns True if copied.
+
+        Used for landing: a landed file is never overwritten by the platform."""
+        if self.exists(rel):
+            return False
+        with self.staging_dir() as tmp:
+            staged = tmp / "landing"
+            shutil.copyfile(local_path, staged)
+            self.commit_file(staged, rel)
+        return True
+
+    def delete(self, rel: str) -> None:
+        full = self._full(rel)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A local scratch folder for files about to be committed. Locally it sits inside the
+        root so that the final rename stays on one filesystem."""
+        if self.is_s3:
+            with tempfile.TemporaryDirectory(prefix="dd-stage-") as tmp:
+                yield Path(tmp)
+        else:
+            base = Path(self.root) / ".staging"
+            base.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="dd-stage-", dir=base) as tmp:
+                yield Path(tmp)
