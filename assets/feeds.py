@@ -145,6 +145,8 @@ def _timestamp_spec(feed_name: str, raw: Any) -> TimestampSpec:
 
 def parse_feed(raw: dict[str, Any]) -> FeedSpec:
     """Validate one feed entry and return its spec."""
+    if not isinstance(raw, dict):
+        raise FeedConfigError(f"feed entry {raw!r} must be a mapping (name: …, kind: …)")
     name = raw.get("name")
     if not name or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
         raise FeedConfigError(f"feed name {name!r} must be lower-case letters, digits, - or _")
@@ -159,6 +161,13 @@ def parse_feed(raw: dict[str, Any]) -> FeedSpec:
         raise FeedConfigError(f"feed {name!r}: format must be one of {FORMATS}, got {fmt!r}")
     if fmt == "binance-trades" and kind != "trades":
         raise FeedConfigError(f"feed {name!r}: format binance-trades holds trades, not {kind}")
+    for key, typ, what in (
+        ("columns", dict, "a mapping"),
+        ("symbols", list, "a list"),
+        ("header", bool, "true or false"),
+    ):
+        if raw.get(key) is not None and not isinstance(raw[key], typ):
+            raise FeedConfigError(f"feed {name!r}: {key!r} must be {what}, got {raw[key]!r}")
     columns = {str(k): str(v) for k, v in (raw.get("columns") or {}).items()}
     timestamp = _timestamp_spec(name, raw.get("timestamp"))
     if fmt == "binance-trades" and timestamp.unit is None:
@@ -188,12 +197,18 @@ def parse_feed(raw: dict[str, Any]) -> FeedSpec:
         raise FeedConfigError(
             f"feed {name!r}: map a 'symbol' column, or give 'symbol' or 'symbol_from_filename'"
         )
-    for pattern in (spec.symbol_from_filename, spec.file_date_pattern):
+    for key, group in (("symbol_from_filename", "symbol"), ("file_date_pattern", "date")):
+        pattern = getattr(spec, key)
         if pattern:
             try:
-                re.compile(pattern)
+                compiled = re.compile(pattern)
             except re.error as exc:
                 raise FeedConfigError(f"feed {name!r}: bad pattern {pattern!r}: {exc}") from exc
+            # symbol_for_file / date_for_file read group 'symbol' / 'date', else group 1.
+            if not compiled.groups:
+                raise FeedConfigError(
+                    f"feed {name!r}: {key} {pattern!r} needs a group, e.g. (?P<{group}>…)"
+                )
     return spec
 
 
@@ -204,6 +219,8 @@ def load_feeds(path: str | Path) -> dict[str, FeedSpec]:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise FeedConfigError(f"cannot read feeds file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("feeds") or [], list):
+        raise FeedConfigError(f"feeds file {path}: expected 'feeds:' followed by a list")
     feeds: dict[str, FeedSpec] = {}
     for raw in doc.get("feeds") or []:
         spec = parse_feed(raw)

@@ -152,6 +152,12 @@ def _dates_in_file(
         ).fetchall()
     except duckdb.Error as exc:
         raise FileReadError(feed.name, name, f"unreadable: {exc}") from exc
+    if not rows:
+        # No day to file its rows under: without an error the file would never be ingested
+        # nor reported.
+        raise FileReadError(
+            feed.name, name, "no row has a usable timestamp (check the feed's 'timestamp')"
+        )
     return tuple(str(r[0]) for r in rows)
 
 
@@ -335,6 +341,10 @@ def _stage_file(
     )
     lineage = _lineage_literals(feed, landed)
     reason = _reason_case(kind, feed, feed.symbol_for_file(landed.filename))
+    # DuckDB appends to a rejects table across scans: start empty so that only this file's
+    # rejected lines are read back below.
+    con.execute("DROP TABLE IF EXISTS dd_rejects")
+    con.execute("DROP TABLE IF EXISTS dd_reject_scans")
     con.execute(
         f"""
         INSERT INTO staged
@@ -353,7 +363,8 @@ def _stage_file(
             INSERT INTO staged (partition_date, feed, source_file, source_hash, line, raw_line,
                                 reason)
             SELECT DATE {sql_literal(home)}, {lineage}, line, any_value(csv_line),
-                   'unreadable line: ' || string_agg(DISTINCT error_message, '; ')
+                   -- A short line has one reject per missing column: report the first.
+                   'unreadable line: ' || arg_min(error_message, coalesce(column_idx, 0))
             FROM dd_rejects GROUP BY line ORDER BY line
             """
         )

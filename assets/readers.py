@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
 import duckdb
@@ -71,9 +72,19 @@ def _first_line(local: Path) -> str:
     name = local.name.lower()
     if name.endswith(".zip"):
         raise ValueError("zip archives are not read directly; land the CSV inside")
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(local, "rb") as raw:
-        head = raw.read(64 * 1024)
+    if name.endswith(".gz"):
+        # DuckDB reads a truncated gzip stream up to the cut without an error, so the archive
+        # is checked to its end here (CRC and length trailer included).
+        try:
+            with gzip.open(local, "rb") as raw:
+                head = raw.read(64 * 1024)
+                while raw.read(16 * 1024 * 1024):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ValueError(f"truncated or corrupt gzip archive: {exc}") from exc
+    else:
+        with open(local, "rb") as raw:
+            head = raw.read(64 * 1024)
     if not head:
         raise ValueError("empty file")
     line = head.split(b"\n", 1)[0].rstrip(b"\r")
@@ -86,7 +97,7 @@ def _first_line(local: Path) -> str:
 def _split_header(line: str, delimiter: str) -> list[str]:
     import csv
 
-    return next(csv.reader(io.StringIO(line), delimiter=delimiter))
+    return next(csv.reader(io.StringIO(line), delimiter=delimiter), [""])
 
 
 def timestamp_expr(feed: FeedSpec, col: str) -> str:
@@ -105,12 +116,20 @@ def timestamp_expr(feed: FeedSpec, col: str) -> str:
         else:
             factor = {"s": "* 1000000", "ms": "* 1000", "us": "", "ns": "/ 1000"}[ts.unit]
             micros = f"({num} {factor})"
-        return f"CASE WHEN isfinite({num}) THEN make_timestamptz(CAST({micros} AS BIGINT)) END"
+        # TRY_CAST: an epoch beyond BIGINT microseconds is one bad row, not a failed file.
+        return f"CASE WHEN isfinite({num}) THEN make_timestamptz(TRY_CAST({micros} AS BIGINT)) END"
     tz = sql_literal(ts.timezone)
     if ts.format:
-        return f"timezone({tz}, try_strptime({col}, {sql_literal(ts.format)}))"
+        parsed = f"try_strptime({col}, {sql_literal(ts.format)})"
+        if "%z" in ts.format or "%Z" in ts.format:
+            # The text carries its own offset: already TIMESTAMPTZ, the feed's zone is not used.
+            return parsed
+        return f"timezone({tz}, {parsed})"
+    # An offset is "Z", "+hh:mm", "+hhmm", or "+hh" right after a time (Parquet's
+    # TIMESTAMPTZ rendered as text ends in "+00"); a bare date "2024-01-02" has none.
+    offset = "(Z|[+-][0-9][0-9]:?[0-9][0-9]|[0-9]:[0-9][0-9](\\.[0-9]*)?[+-][0-9][0-9])$"
     return (
-        f"CASE WHEN regexp_matches({col}, '(Z|[+-][0-9][0-9]:?[0-9][0-9])$') "
+        f"CASE WHEN regexp_matches({col}, '{offset}') "
         f"THEN TRY_CAST({col} AS TIMESTAMPTZ) ELSE timezone({tz}, TRY_CAST({col} AS TIMESTAMP)) END"
     )
 
@@ -157,8 +176,9 @@ def select_canonical(feed: FeedSpec, local: Path, filename: str) -> tuple[str, b
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise FileReadError(feed.name, filename, str(exc)) from exc
         if feed.format == "binance-trades":
-            # Older dumps have no header; newer ones start with "id,price,…".
-            header = not first[:1].isdigit()
+            # Older dumps have no header; newer ones start with "id,price,…". Decided by the
+            # first field's name: a malformed first data line must be quarantined, not skipped.
+            header = _split_header(first, ",")[0].strip().lower() == "id"
             present = list(BINANCE_TRADE_COLUMNS)
             types = dict(BINANCE_TRADE_COLUMNS)
             types["time"] = "VARCHAR"

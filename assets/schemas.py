@@ -1,57 +1,101 @@
 """Pandera contracts of the raw tables: what every accepted row must satisfy.
 
 The ingestion rules (assets/ingest.py) decide, in SQL, which rows are quarantined; these schemas
-then check, independently and after the write, that what landed in ``raw/`` honours the contract.
-They back the blocking asset checks, so a bug in the rules cannot leak bad rows downstream.
+then check, independently and after the write, what landed in ``raw/``. They back the blocking
+asset checks, so a bug in the rules cannot leak bad rows downstream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
+import duckdb
 import pandas as pd
+import pandera.errors
 import pandera.pandas as pa
+import pyarrow as pyarrow_
+import pyarrow.parquet as pq
 
 from assets.feeds import FeedSpec
+from assets.storage import Storage
 
 UTC_TS = pd.DatetimeTZDtype("us", "UTC")
 # Arrow-backed strings: pandera checks an object column's type row by row (seconds per million
-# rows); an Arrow string column is checked once. Read partitions with ``read_partition``.
+# rows); an Arrow string column is checked once.
 TEXT = pd.StringDtype("pyarrow")
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
+POSITIVE = [pa.Check.gt(0), pa.Check(lambda s: s.abs() < float("inf"), name="finite")]
 
-
-def _lineage_columns() -> dict[str, pa.Column]:
-    return {
-        "feed": pa.Column(TEXT, description="Declared feed the row came from"),
-        "source_file": pa.Column(TEXT, description="Landed file, relative to the storage root"),
-        "source_hash": pa.Column(
-            TEXT,
-            # Checked on the distinct values: a partition holds few files but millions of rows.
-            pa.Check(
-                lambda s: s.isin([h for h in s.unique() if HASH_PATTERN.fullmatch(h)]),
-                name="sha256_hex",
-                error="source_hash is not a SHA-256 hex digest",
-            ),
-            description="SHA-256 of the landed file's bytes",
+COLUMNS: dict[str, dict[str, pa.Column]] = {
+    "trades": {
+        "symbol": pa.Column(TEXT, pa.Check.str_length(1, 32), description="Instrument"),
+        "ts": pa.Column(UTC_TS, description="Trade time, UTC, microseconds"),
+        "trade_id": pa.Column("int64", description="Venue trade id, unique per feed and day"),
+        "price": pa.Column(float, POSITIVE, description="Trade price, > 0"),
+        "size": pa.Column(float, pa.Check.ge(0), description="Traded quantity, >= 0"),
+        "side": pa.Column(
+            TEXT, pa.Check.isin(["buy", "sell", "unknown"]), description="Aggressor side"
         ),
-    }
+    },
+    "bars": {
+        "symbol": pa.Column(TEXT, pa.Check.str_length(1, 32), description="Instrument"),
+        "ts": pa.Column(UTC_TS, description="Bar open time, UTC"),
+        "interval": pa.Column(TEXT, description="Bar length from the feed, e.g. 1d or 1m"),
+        "open": pa.Column(float, POSITIVE, description="Open price"),
+        "high": pa.Column(float, POSITIVE, description="High price"),
+        "low": pa.Column(float, POSITIVE, description="Low price"),
+        "close": pa.Column(float, POSITIVE, description="Close price"),
+        "volume": pa.Column(float, pa.Check.ge(0), description="Traded volume, >= 0"),
+        "adj_close": pa.Column(float, nullable=True, description="Split/dividend-adjusted close"),
+    },
+}
+LINEAGE = {
+    "feed": pa.Column(TEXT, description="Declared feed the row came from"),
+    "source_file": pa.Column(TEXT, description="Landed file, relative to the storage root"),
+    "source_hash": pa.Column(
+        TEXT,
+        # Checked on the distinct values: a partition holds few files but millions of rows.
+        pa.Check(
+            lambda s: s.isin([h for h in s.unique() if HASH_PATTERN.fullmatch(h)]),
+            name="sha256_hex",
+            error="source_hash is not a SHA-256 hex digest",
+        ),
+        description="SHA-256 of the landed file's bytes",
+    ),
+}
+UNIQUE_KEY = {"trades": ["feed", "symbol", "trade_id"], "bars": ["feed", "symbol", "ts"]}
 
 
-def _partition_checks(day: str | None, feeds: dict[str, FeedSpec]) -> list[pa.Check]:
+def _ts_on_partition_day(df: pd.DataFrame) -> pd.Series:
+    # Parse each distinct day once, then compare whole days as numbers.
+    codes, days = pd.factorize(df["partition_date"])
+    day_of_partition = pd.to_datetime(days.astype(str)).values.astype("datetime64[D]")[codes]
+    day_of_ts = df["ts"].dt.tz_convert(None).values.astype("datetime64[D]")
+    return pd.Series(day_of_ts == day_of_partition, index=df.index)
+
+
+def raw_schema(
+    kind: str, feeds: dict[str, FeedSpec] | None = None, *, with_partition: bool = True
+) -> pa.DataFrameSchema:
+    """The contract of ``raw_<kind>``. ``with_partition`` adds the ``partition_date`` column
+    (taken from each file's path when partitions are read together): timestamps must fall on
+    it and rows are unique per partition."""
     checks = []
-    if day is not None:
-        start = datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC)
-        end = start + timedelta(days=1)
+    if kind == "bars":
         checks.append(
             pa.Check(
-                lambda df: (df["ts"] >= start) & (df["ts"] < end),
-                name="timestamp_inside_partition",
-                error=f"timestamp outside partition {day}",
+                lambda df: (
+                    (df["high"] >= df[["open", "close"]].max(axis=1))
+                    & (df[["open", "close"]].min(axis=1) >= df["low"])
+                ),
+                name="high_low_envelope",
+                error="high >= max(open, close) >= min(open, close) >= low",
             )
         )
-    known = {name: set(f.symbols) for name, f in feeds.items() if f.symbols}
+    known = {name: set(f.symbols) for name, f in (feeds or {}).items() if f.symbols}
     if known:
         checks.append(
             pa.Check(
@@ -65,83 +109,108 @@ def _partition_checks(day: str | None, feeds: dict[str, FeedSpec]) -> list[pa.Ch
                 error="symbol not declared for its feed",
             )
         )
-    return checks
-
-
-def raw_trades_schema(
-    day: str | None = None, feeds: dict[str, FeedSpec] | None = None
-) -> pa.DataFrameSchema:
-    """Contract of ``raw_trades`` (one day's partition when ``day`` is given)."""
-    return pa.DataFrameSchema(
-        {
-            "symbol": pa.Column(TEXT, pa.Check.str_length(1, 32), description="Instrument"),
-            "ts": pa.Column(UTC_TS, description="Trade time, UTC, microseconds"),
-            "trade_id": pa.Column("int64", description="Venue trade id, unique within a feed"),
-            "price": pa.Column(
-                float,
-                [pa.Check.gt(0), pa.Check(lambda s: s.abs() < float("inf"))],
-                description="Trade price, > 0",
-            ),
-            "size": pa.Column(float, pa.Check.ge(0), description="Traded quantity, >= 0"),
-            "side": pa.Column(
-                TEXT, pa.Check.isin(["buy", "sell", "unknown"]), description="Aggressor side"
-            ),
-            **_lineage_columns(),
-        },
-        checks=_partition_checks(day, feeds or {}),
-        unique=["feed", "symbol", "trade_id"],
-        strict=True,
-        ordered=True,
-        name="raw_trades",
-        description="Validated trades, one Parquet file per UTC day",
-    )
-
-
-def raw_bars_schema(
-    day: str | None = None, feeds: dict[str, FeedSpec] | None = None
-) -> pa.DataFrameSchema:
-    """Contract of ``raw_bars`` (one day's partition when ``day`` is given)."""
-    positive = [pa.Check.gt(0), pa.Check(lambda s: s.abs() < float("inf"))]
-    return pa.DataFrameSchema(
-        {
-            "symbol": pa.Column(TEXT, pa.Check.str_length(1, 32), description="Instrument"),
-            "ts": pa.Column(UTC_TS, description="Bar open time, UTC"),
-            "interval": pa.Column(TEXT, description="Bar length, e.g. 1d or 1m"),
-            "open": pa.Column(float, positive, description="Open price"),
-            "high": pa.Column(float, positive, description="High price"),
-            "low": pa.Column(float, positive, description="Low price"),
-            "close": pa.Column(float, positive, description="Close price"),
-            "volume": pa.Column(float, pa.Check.ge(0), description="Traded volume, >= 0"),
-            "adj_close": pa.Column(
-                float, nullable=True, description="Split/dividend-adjusted close"
-            ),
-            **_lineage_columns(),
-        },
-        checks=[
+    columns = {**COLUMNS[kind], **LINEAGE}
+    unique = UNIQUE_KEY[kind]
+    if with_partition:
+        columns["partition_date"] = pa.Column(
+            TEXT, pa.Check.str_matches(r"^\d{4}-\d{2}-\d{2}$"), description="Partition day"
+        )
+        checks.append(
             pa.Check(
-                lambda df: (
-                    (df["high"] >= df[["open", "close"]].max(axis=1))
-                    & (df[["open", "close"]].min(axis=1) >= df["low"])
-                ),
-                name="high_low_envelope",
-                error="high >= max(open, close) >= min(open, close) >= low",
-            ),
-            *_partition_checks(day, feeds or {}),
-        ],
-        unique=["feed", "symbol", "ts"],
+                _ts_on_partition_day,
+                name="timestamp_inside_partition",
+                error="timestamp outside its partition",
+            )
+        )
+        unique = ["partition_date", *unique]
+    return pa.DataFrameSchema(
+        columns,
+        checks=checks,
+        unique=unique,
         strict=True,
         ordered=True,
-        name="raw_bars",
-        description="Validated OHLCV bars, one Parquet file per UTC day",
+        name=f"raw_{kind}",
+        description=f"Validated {kind}, one Parquet file per UTC day",
     )
-
-
-RAW_SCHEMA_BUILDERS = {"trades": raw_trades_schema, "bars": raw_bars_schema}
 
 
 def read_partition(path) -> pd.DataFrame:
     """A raw Parquet file as the DataFrame the schemas expect (Arrow-backed strings)."""
-    import pyarrow as pyarrow_
-    import pyarrow.parquet as pq
-
     return pq.read_table(path).to_pandas(types_mapper={pyarrow_.string(): TEXT}.get)
+
+
+@dataclass
+class ContractResult:
+    """Outcome of validating written partitions against the contract."""
+
+    rows_validated: int = 0
+    failures: int = 0
+    failures_by_check: dict[str, int] = field(default_factory=dict)
+    failure_sample: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.failures == 0
+
+
+def _chunks(rows_by_day: dict[str, int], max_rows: int) -> Iterator[list[str]]:
+    chunk, rows = [], 0
+    for day in sorted(rows_by_day):
+        if chunk and rows + rows_by_day[day] > max_rows:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(day)
+        rows += rows_by_day[day]
+    if chunk:
+        yield chunk
+
+
+def validate_partitions(
+    storage: Storage,
+    feeds: dict[str, FeedSpec],
+    kind: str,
+    rows_by_day: dict[str, int],
+    path_of_day,
+    max_rows: int = 1_000_000,
+) -> ContractResult:
+    """Validate every written partition, reading days together in chunks of about ``max_rows``
+    (thousands of tiny daily files validate as one frame; a huge day validates alone)."""
+    schema = raw_schema(kind, feeds)
+    result = ContractResult()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    for days in _chunks({d: n for d, n in rows_by_day.items() if n}, max_rows):
+        with contextlib.ExitStack() as stack:
+            # Raw files sit at .../date=YYYY-MM-DD/data.parquet (local copies keep that shape),
+            # so the partition day comes from the path through hive partitioning.
+            files = [str(stack.enter_context(storage.local_copy(path_of_day(d)))) for d in days]
+            table = con.execute(
+                "SELECT * EXCLUDE (date), CAST(date AS VARCHAR) AS partition_date "
+                "FROM read_parquet($files, hive_partitioning = true)",
+                {"files": files},
+            ).fetch_arrow_table()
+        df = table.to_pandas(types_mapper={pyarrow_.string(): TEXT}.get)
+        result.rows_validated += len(df)
+        try:
+            schema.validate(df, lazy=True)
+        except pandera.errors.SchemaErrors as exc:
+            cases = exc.failure_cases
+            result.failures += len(cases)
+            for check, n in cases["check"].astype(str).value_counts().items():
+                result.failures_by_check[check] = result.failures_by_check.get(check, 0) + int(n)
+            if len(result.failure_sample) < 10:
+                sample = cases.head(10 - len(result.failure_sample))
+                result.failure_sample += [
+                    {k: str(v) for k, v in row.items()}
+                    for row in sample[["column", "check", "failure_case", "index"]].to_dict(
+                        "records"
+                    )
+                ]
+    return result
+
+
+def column_docs(kind: str) -> Sequence[tuple[str, str, str]]:
+    """(name, dtype, description) of the raw table's columns, for docs and UI metadata."""
+    schema = raw_schema(kind, with_partition=False)
+    return [(n, str(c.dtype), c.description or "") for n, c in schema.columns.items()]

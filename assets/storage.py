@@ -51,12 +51,15 @@ class Storage:
             client_kwargs = {"endpoint_url": s3_endpoint_url} if s3_endpoint_url else {}
             # No region_name here: against a local endpoint it makes mkdir send a
             # LocationConstraint that the server rejects (KNOWN_GOOD.md).
+            # No listings cache: other processes land files, and a cached listing made
+            # ``exists`` miss them (so ``put_immutable`` overwrote a landed file).
             self.fs = fsspec.filesystem(
                 "s3",
                 key=aws_access_key_id,
                 secret=aws_secret_access_key,
                 client_kwargs=client_kwargs,
                 skip_instance_cache=True,
+                use_listings_cache=False,
             )
             self.root = root.rstrip("/")
             self._base = self.root[len("s3://") :]
@@ -119,9 +122,10 @@ class Storage:
         if not self.is_s3:
             yield Path(self._full(rel))
             return
-        suffix = "".join(Path(rel).suffixes[-2:])
         with tempfile.TemporaryDirectory(prefix="dd-read-") as tmp:
-            local = Path(tmp) / f"copy{suffix}"
+            # Keep the relative path: readers rely on names (file dates, hive date=… folders).
+            local = Path(tmp) / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
             self.fs.get(self._full(rel), str(local))
             yield local
 

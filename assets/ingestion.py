@@ -1,0 +1,248 @@
+"""Ingestion assets: landed files → ``raw_trades`` / ``raw_bars`` daily partitions.
+
+What exists (this module) is separate from when it is built (orchestration/sensors.py). The
+heavy lifting is plain Python in assets/ingest.py; these definitions add partitions, lineage,
+metadata and the blocking checks an operator sees in the Dagster UI.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+from dagster_pandera import pandera_schema_to_dagster_type
+
+from assets.feeds import FeedSpec
+from assets.ingest import (
+    TABLE_OF_KIND,
+    IngestReport,
+    ingest_partitions,
+    quarantine_path,
+    raw_path,
+)
+from assets.schemas import ContractResult, raw_schema, validate_partitions
+from orchestration.partitions import daily_partitions
+from orchestration.resources import FeedsResource, StorageResource
+
+OWNERS = ["team:market-data"]
+# Bump when the ingestion rules change the bytes of raw partitions.
+INGEST_CODE_VERSION = "raw-v1"
+QUARANTINE_WARN_SHARE = 0.01
+
+CHECKS = {
+    "contract": "Every accepted row satisfies the pandera contract of the raw table "
+    "(types, prices > 0, sizes >= 0, OHLC envelope, timestamp on its partition day, unique ids, "
+    "known symbols). Blocking: downstream assets do not run on a failure.",
+    "nothing_lost": "For every landed file, rows accepted into raw/ plus rows in quarantine/ "
+    "(counted back from the written Parquet) equal the rows read. Blocking.",
+    "quarantine_rate": f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of the rows read were "
+    "quarantined; metadata shows counts by reason and a sample.",
+    "landed_files_readable": "Warns when a landed file could not be read at all (empty, not "
+    "UTF-8, truncated archive, missing columns, wrong delimiter); names file, feed and reason.",
+}
+
+
+def landing_key(feed: str) -> dg.AssetKey:
+    return dg.AssetKey(["landing", feed])
+
+
+def build_landing_specs(feeds: dict[str, FeedSpec]) -> list[dg.AssetSpec]:
+    """One external asset per declared feed: the immutable files under ``landing/<feed>/``.
+    The landing sensor records each new file (path, size, SHA-256) as a materialization."""
+    return [
+        dg.AssetSpec(
+            key=landing_key(feed.name),
+            description=feed.description or f"Files landed for feed {feed.name}",
+            group_name="landing",
+            kinds={feed.format.split("-")[0], "file"},
+            owners=OWNERS,
+            metadata={
+                "feed_kind": feed.kind,
+                "format": feed.format,
+                "landing_path": f"landing/{feed.name}/",
+            },
+        )
+        for feed in feeds.values()
+    ]
+
+
+def _table_metadata(report: IngestReport, storage_root: str) -> dict[str, dg.MetadataValue]:
+    files_md = (
+        "| file | sha256 | read | accepted | quarantined | error |\n|---|---|---|---|---|---|\n"
+    )
+    files_md += "\n".join(
+        f"| {f.source_file} | `{f.source_hash[:12]}` | {f.rows_read} | {f.accepted} | "
+        f"{f.quarantined} | {f.error or ''} |"
+        for f in report.files[:50]
+    )
+    return {
+        "dagster/row_count": dg.MetadataValue.int(report.rows_accepted),
+        "rows_read": dg.MetadataValue.int(report.rows_read),
+        "rows_quarantined": dg.MetadataValue.int(report.rows_quarantined),
+        "days": dg.MetadataValue.int(len(report.days)),
+        "first_day": dg.MetadataValue.text(report.days[0]),
+        "last_day": dg.MetadataValue.text(report.days[-1]),
+        "files": dg.MetadataValue.md(files_md),
+        "source_hashes": dg.MetadataValue.json(
+            {f.source_file: f.source_hash for f in report.files}
+        ),
+        "quarantine_reasons": dg.MetadataValue.json(report.reasons),
+        "path": dg.MetadataValue.path(
+            f"{storage_root}/raw/{report.kind}/date={report.days[0]}/data.parquet"
+            if len(report.days) == 1
+            else f"{storage_root}/raw/{report.kind}/"
+        ),
+    }
+
+
+def _data_version(report: IngestReport) -> dg.DataVersion:
+    """The content hash of the partition file (or of all files of a range run)."""
+    if len(report.days) == 1:
+        return dg.DataVersion(report.data_hashes[report.days[0]])
+    joined = json.dumps(report.data_hashes, sort_keys=True).encode()
+    return dg.DataVersion(hashlib.sha256(joined).hexdigest())
+
+
+def _count_back(storage, kind: str, report: IngestReport) -> dict[str, int]:
+    """Rows per source hash found in the written raw and quarantine files (read back from disk,
+    independently of the counts the ingestion kept)."""
+    import contextlib
+
+    import duckdb
+
+    paths = [raw_path(kind, d) for d in report.days if report.rows_by_day.get(d)]
+    paths += [quarantine_path(kind, d) for d in report.quarantined_by_day]
+    if not paths:
+        return {}
+    with contextlib.ExitStack() as stack:
+        local = [str(stack.enter_context(storage.local_copy(p))) for p in paths]
+        rows = duckdb.sql(
+            "SELECT source_hash, count(*) FROM read_parquet($files, hive_partitioning = false, "
+            "union_by_name = true) GROUP BY 1",
+            params={"files": local},
+        ).fetchall()
+    return {h: n for h, n in rows}
+
+
+def _check_results(
+    report: IngestReport, contract: ContractResult, counted: dict[str, int]
+) -> list[dg.AssetCheckResult]:
+    lost = [f for f in report.files if not f.error and counted.get(f.source_hash, 0) != f.rows_read]
+    share = report.rows_quarantined / report.rows_read if report.rows_read else 0.0
+    sample = [
+        {k: (str(v)[:200] if v is not None else "") for k, v in row.items()}
+        for row in report.quarantine_sample[:10]
+    ]
+    return [
+        dg.AssetCheckResult(
+            check_name="contract",
+            passed=contract.passed,
+            metadata={
+                "rows_validated": contract.rows_validated,
+                "failures": contract.failures,
+                "failures_by_check": dg.MetadataValue.json(contract.failures_by_check),
+                "failure_sample": dg.MetadataValue.json(contract.failure_sample),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="nothing_lost",
+            passed=not lost,
+            metadata={
+                "files_checked": len(report.files) - len(report.file_errors),
+                "rows_read": report.rows_read,
+                "rows_found_in_raw_and_quarantine": sum(counted.values()),
+                "files_with_missing_rows": dg.MetadataValue.json([f.source_file for f in lost]),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="quarantine_rate",
+            passed=share <= QUARANTINE_WARN_SHARE,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rows_quarantined": report.rows_quarantined,
+                "quarantined_share": float(round(share, 6)),
+                "by_reason": dg.MetadataValue.json(report.reasons),
+                "sample": dg.MetadataValue.json(sample),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="landed_files_readable",
+            passed=not report.file_errors,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "unreadable_files": dg.MetadataValue.json(
+                    [
+                        {
+                            "feed": f.feed,
+                            "file": f.source_file,
+                            "sha256": f.source_hash,
+                            "error": f.error,
+                        }
+                        for f in report.file_errors
+                    ]
+                )
+            },
+        ),
+    ]
+
+
+def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinition:
+    """``raw_trades`` or ``raw_bars``: daily partitions built from every landed file of the day."""
+    name = TABLE_OF_KIND[kind]
+    column_schema = pandera_schema_to_dagster_type(raw_schema(kind, with_partition=False)).metadata[
+        "schema"
+    ]
+
+    @dg.asset(
+        name=name,
+        description=(
+            f"Validated {kind} as Parquet, one file per UTC day under raw/{kind}/date=YYYY-MM-DD/, "
+            "built from every landed file touching that day. Each row carries its feed, source "
+            f"file and the file's SHA-256. Rejected rows go to quarantine/{kind}/ with a reason."
+        ),
+        partitions_def=daily_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[landing_key(f.name) for f in feeds.values() if f.kind == kind],
+        group_name="ingestion",
+        kinds={"duckdb", "parquet", "pandera"},
+        owners=OWNERS,
+        code_version=INGEST_CODE_VERSION,
+        # One writer per raw table: two runs rebuilding the same day must not interleave.
+        pool=f"{name}_writer",
+        metadata={"dagster/column_schema": column_schema},
+        check_specs=[
+            dg.AssetCheckSpec(
+                check, asset=name, description=text, blocking=check in ("contract", "nothing_lost")
+            )
+            for check, text in CHECKS.items()
+        ],
+    )
+    def _raw(
+        context: dg.AssetExecutionContext, storage: StorageResource, feeds: FeedsResource
+    ) -> dg.MaterializeResult:
+        store, declared = storage.get(), feeds.load()
+        days = list(context.partition_keys)
+        report = ingest_partitions(store, declared, kind, days)
+        for ledger in report.file_errors:
+            context.log.warning(
+                f"feed {ledger.feed!r}, file {ledger.source_file!r} not ingested: {ledger.error}"
+            )
+        contract = validate_partitions(
+            store, declared, kind, report.rows_by_day, lambda d: raw_path(kind, d)
+        )
+        counted = _count_back(store, kind, report)
+        context.log.info(
+            f"{name} {days[0]}..{days[-1]}: {report.rows_accepted} rows accepted, "
+            f"{report.rows_quarantined} quarantined, {len(report.file_errors)} unreadable files"
+        )
+        return dg.MaterializeResult(
+            metadata=_table_metadata(report, store.root),
+            data_version=_data_version(report),
+            check_results=_check_results(report, contract, counted),
+        )
+
+    return _raw
+
+
+def build_ingestion_definitions(feeds: dict[str, FeedSpec]) -> tuple[list, list]:
+    """(landing specs, raw assets) for the declared feeds."""
+    return build_landing_specs(feeds), [build_raw_asset(kind, feeds) for kind in TABLE_OF_KIND]

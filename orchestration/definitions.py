@@ -1,0 +1,26 @@
+"""The one entry point: ``dagster dev -m orchestration.definitions``.
+
+Settings are read once, here (through orchestration.resources.resources_from_env)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.feeds import load_feeds
+from assets.ingestion import build_ingestion_definitions
+from orchestration.resources import feeds_file_from_env, resources_from_env
+from orchestration.sensors import landing_sensor
+
+
+def build_definitions() -> dg.Definitions:
+    resources = resources_from_env()
+    feeds = load_feeds(feeds_file_from_env())
+    landing_specs, raw_assets = build_ingestion_definitions(feeds)
+    return dg.Definitions(
+        assets=[*landing_specs, *raw_assets],
+        sensors=[landing_sensor],
+        resources=resources,
+    )
+
+
+defs = build_definitions()

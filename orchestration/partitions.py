@@ -1,0 +1,12 @@
+"""Partitioning shared by every daily asset: one partition per UTC day.
+
+Daily bars of the default feed have no rows on weekends and holidays; those partitions are
+materialized empty rather than skipped, so "every day up to today is built" stays a simple
+statement for sensors, freshness and backfills (see the README's notes on calendars)."""
+
+from dagster import DailyPartitionsDefinition
+
+HISTORY_START = "2000-01-01"
+
+# end_offset=1 includes today's partition, so live micro-batches land in a partition that exists.
+daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, end_offset=1, timezone="UTC")

@@ -1,0 +1,124 @@
+"""When raw partitions are built: the landing sensor.
+
+Each tick lists the landing zone (the landing index makes a seen file cost one stat), and for
+files whose content it has not processed yet it:
+
+* records a materialization of ``landing/<feed>`` with the file's path, size and SHA-256, and
+* requests the raw partitions the new files touch: one run per raw table and contiguous span of
+  days (a 13-year history file is one single-run backfill, not 4,000 runs).
+
+Exactly once per file content: the cursor maps each landed path to the hash already requested,
+and each run key is derived from the (path, hash) pairs it covers. A changed file (same path, new
+bytes) is new content and requests its days again; so does a new file for a day already built.
+"""
+
+import hashlib
+import json
+from collections import defaultdict
+from datetime import date
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from assets.ingest import TABLE_OF_KIND, LandedFile, scan_landing
+from assets.ingestion import landing_key
+from orchestration.resources import FeedsResource, StorageResource
+
+# New files whose days are further apart than this become separate runs.
+MAX_GAP_DAYS = 7
+REASON_TAG = "decision_data/reason"
+
+
+def _spans(days: list[str]) -> list[tuple[str, str]]:
+    """Group sorted ISO days into (first, last) spans, splitting at gaps over MAX_GAP_DAYS."""
+    spans: list[tuple[str, str]] = []
+    for day in sorted(set(days)):
+        if (
+            spans
+            and (date.fromisoformat(day) - date.fromisoformat(spans[-1][1])).days <= MAX_GAP_DAYS
+        ):
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+def run_requests_for(files: list[LandedFile], kind_of_feed: dict[str, str]) -> list[dg.RunRequest]:
+    """The runs that ingest ``files``: per raw table and span of days."""
+    by_table: dict[str, list[LandedFile]] = defaultdict(list)
+    for f in files:
+        kind = kind_of_feed.get(f.feed)
+        if kind in TABLE_OF_KIND and f.dates:
+            by_table[TABLE_OF_KIND[kind]].append(f)
+    requests = []
+    for table, table_files in sorted(by_table.items()):
+        for first, last in _spans([d for f in table_files for d in f.dates]):
+            covered = sorted(
+                (f.path, f.sha256) for f in table_files if any(first <= d <= last for d in f.dates)
+            )
+            run_key = hashlib.sha256(json.dumps([table, first, last, covered]).encode()).hexdigest()
+            tags = {REASON_TAG: f"new landed files ({len(covered)})"}
+            if first == last:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=run_key,
+                        asset_selection=[dg.AssetKey(table)],
+                        partition_key=first,
+                        tags=tags,
+                    )
+                )
+            else:
+                tags |= {
+                    ASSET_PARTITION_RANGE_START_TAG: first,
+                    ASSET_PARTITION_RANGE_END_TAG: last,
+                }
+                requests.append(
+                    dg.RunRequest(run_key=run_key, asset_selection=[dg.AssetKey(table)], tags=tags)
+                )
+    return requests
+
+
+@dg.sensor(
+    name="landing_sensor",
+    description="New or changed landed files → the raw partitions they touch, once per file content.",
+    asset_selection=dg.AssetSelection.keys(*TABLE_OF_KIND.values()),
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def landing_sensor(
+    context: dg.SensorEvaluationContext, storage: StorageResource, feeds: FeedsResource
+) -> dg.SensorResult:
+    declared = feeds.load()
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    landed = scan_landing(storage.get(), declared)
+    new = [f for f in landed if seen.get(f.path) != f.sha256]
+    if not new:
+        return dg.SensorResult(skip_reason="no new landed files")
+    events = [
+        dg.AssetMaterialization(
+            asset_key=landing_key(f.feed),
+            description=f"landed {f.path}",
+            metadata={
+                "path": f.path,
+                "sha256": f.sha256,
+                "size_bytes": f.size,
+                "days": len(f.dates),
+                "first_day": f.dates[0] if f.dates else "",
+                "last_day": f.dates[-1] if f.dates else "",
+                "readable": f.error is None,
+                "error": f.error or "",
+            },
+        )
+        for f in new
+    ]
+    for f in new:
+        if f.error:
+            context.log.warning(f"feed {f.feed!r}, file {f.path!r} is unreadable: {f.error}")
+    requests = run_requests_for(new, {name: spec.kind for name, spec in declared.items()})
+    seen.update({f.path: f.sha256 for f in new})
+    return dg.SensorResult(
+        run_requests=requests, asset_events=events, cursor=json.dumps(seen, sort_keys=True)
+    )

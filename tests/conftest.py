@@ -1,0 +1,129 @@
+"""Shared fixtures: storage roots on a local folder and on a real S3-compatible HTTP server.
+
+- ``s3_server`` (session): moto's S3 server as a subprocess on a free port; yields its endpoint
+  URL and is stopped at the end. Started only if a test asks for S3.
+- ``s3_storage``: a :class:`Storage` on a fresh bucket of that server (``s3://<bucket>/dd``).
+- ``local_storage``: a :class:`Storage` on a temporary folder.
+- ``any_storage``: each test runs on both (ids ``local`` and ``s3``).
+
+Dummy credentials (``testing``) are set with ``monkeypatch`` by ``s3_storage`` only, so they are
+undone after each S3 test and never leak into other tests. No autouse fixtures, no hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assets.storage import Storage
+
+S3_START_TIMEOUT_S = 10.0
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Variables that could point boto3 at a real account or profile.
+S3_ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _moto_command(port: int) -> list[str]:
+    script = Path(sys.executable).parent / "moto_server"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
+    return [*base, "-H", "127.0.0.1", "-p", str(port)]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means it is up
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint URL (``http://127.0.0.1:<port>``) of a moto S3 server running for the session."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    env = {k: v for k, v in os.environ.items() if k not in S3_ENV_UNSET}
+    env.update(S3_ENV, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + S3_START_TIMEOUT_S
+        while not _answers(f"{endpoint}/moto-api/"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"moto server did not start on {endpoint}: {log_path.read_text()[-2000:]}"
+                )
+            time.sleep(0.05)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _boto3_client(endpoint: str):
+    """A plain boto3 S3 client on the test server, independent of :class:`Storage`."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3_storage(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    """Storage at ``s3://<fresh bucket>/dd`` on the session's moto server."""
+    for name in S3_ENV_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"dd-test-{uuid.uuid4().hex[:12]}"
+    _boto3_client(s3_server).create_bucket(Bucket=bucket)
+    return Storage(
+        f"s3://{bucket}/dd",
+        s3_endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def local_storage(tmp_path: Path) -> Storage:
+    """Storage on a fresh local folder."""
+    return Storage(str(tmp_path / "root"))
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_storage(request: pytest.FixtureRequest) -> Storage:
+    """The same test on a local folder and on S3 (the S3 server starts only when needed)."""
+    return request.getfixturevalue(f"{request.param}_storage")
