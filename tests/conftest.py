@@ -127,3 +127,32 @@ def local_storage(tmp_path: Path) -> Storage:
 def any_storage(request: pytest.FixtureRequest) -> Storage:
     """The same test on a local folder and on S3 (the S3 server starts only when needed)."""
     return request.getfixturevalue(f"{request.param}_storage")
+
+
+# ---------------------------------------------------------------- real Postgres
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database on the local test server, dropped afterwards. Skips if unreachable."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3
+        )
+    except psycopg2.OperationalError as exc:
+        pytest.skip(
+            f"PostgreSQL not reachable at {PG_USER}@{PG_HOST}:{PG_PORT} (trust auth expected): "
+            f"{str(exc).strip()}"
+        )
+    admin.autocommit = True
+    name = f"dd_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

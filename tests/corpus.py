@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,6 @@ from assets.storage import Storage
 DAY = "2024-01-02"
 DAY_START = datetime(2024, 1, 2, tzinfo=UTC)
 DAY_MS = int(DAY_START.timestamp() * 1000)  # 2024-01-02T00:00:00Z in epoch milliseconds
-HOUR_MS = 3_600_000
 BINANCE_HEADER = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
 
 # Reasons, spelled out (not imported) so that a changed wording fails the tests.
@@ -171,9 +169,6 @@ class CorpusFile:
             assert key not in out, f"corpus keys must be unique: {key} in {self.name}"
             out[key] = reason
         return out
-
-    def expected_reasons(self) -> Counter:
-        return Counter(r for _, r in self.lines if r is not None)
 
 
 def data_lines(payload: bytes, name: str, has_header: bool | None = None) -> int:

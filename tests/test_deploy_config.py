@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -236,31 +235,6 @@ def test_local_instance_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 # ---------------------------------------------------------------- real Postgres
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh database on the local test server, dropped afterwards. Skips if unreachable."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3
-        )
-    except psycopg2.OperationalError as exc:
-        pytest.skip(
-            f"PostgreSQL not reachable at {PG_USER}@{PG_HOST}:{PG_PORT} (trust auth expected): "
-            f"{str(exc).strip()}"
-        )
-    admin.autocommit = True
-    name = f"dd_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_postgres_instance_round_trip(
