@@ -1,0 +1,50 @@
+{#-
+  The raw Parquet partitions of one table (`bars` or `trades`) under the storage root, limited
+  to [first_date, last_date]. The date= folder is the partition; reading only the files in the
+  window keeps a one-day build from scanning 13 years. When no partition exists yet (no trades
+  feed, say), an empty relation with the raw schema keeps downstream models valid.
+-#}
+{% macro raw_table(table, first_date, last_date) %}
+    {%- set pattern = var('storage_root') ~ '/raw/' ~ table ~ '/date=*/data.parquet' -%}
+    {%- set n_files = 0 -%}
+    {%- if execute -%}
+        {%- set n_files = run_query(
+            "select count(*) from glob('" ~ pattern ~ "')"
+        ).columns[0].values()[0] -%}
+    {%- endif -%}
+    {%- if n_files > 0 %}
+        (
+            select
+                * exclude (date),
+                date as partition_date
+            from read_parquet('{{ pattern }}', hive_partitioning = true)
+            where date between date '{{ first_date }}' and date '{{ last_date }}'
+        )
+    {%- else %}
+        (
+            select {{ raw_empty_columns(table) }}
+            where false
+        )
+    {%- endif %}
+{% endmacro %}
+
+{% macro raw_empty_columns(table) %}
+    {%- if table == 'bars' -%}
+        null::varchar as symbol, null::timestamptz as ts, null::varchar as interval,
+        null::double as open, null::double as high, null::double as low,
+        null::double as close, null::double as volume, null::double as adj_close,
+        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
+        null::date as partition_date
+    {%- else -%}
+        null::varchar as symbol, null::timestamptz as ts, null::bigint as trade_id,
+        null::double as price, null::double as size, null::varchar as side,
+        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
+        null::date as partition_date
+    {%- endif -%}
+{% endmacro %}
+
+{#- The first day whose data a build of [min_date, max_date] must re-read. -#}
+{% macro lookback_start() %}
+    {{- (modules.datetime.date.fromisoformat(var('min_date'))
+        - modules.datetime.timedelta(days=var('lookback_days') | int)).isoformat() -}}
+{% endmacro %}
