@@ -35,7 +35,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-install: $(STAMP)
+MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -not -path '*/target/*' 2>/dev/null)
+
+install: $(STAMP) $(MANIFEST)
+
+# dagster-dbt loads the manifest at import; prepare it here, never at import time.
+$(MANIFEST): $(STAMP) $(DBT_SOURCES)
+	cd dbt_project && DD_WAREHOUSE_PATH=$${DD_WAREHOUSE_PATH:-$(CURDIR)/var/warehouse/warehouse.duckdb} ../$(VENV)/bin/dbt parse --quiet
+	@touch $(MANIFEST)
 
 instance: $(DAGSTER_HOME)/dagster.yaml
 
@@ -56,10 +64,14 @@ dev: install instance
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@mkdir -p var/lint
+	DD_WAREHOUSE_PATH=$(CURDIR)/var/lint/warehouse.duckdb $(VENV)/bin/sqlfluff lint dbt_project/models
 
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+	@mkdir -p var/lint
+	DD_WAREHOUSE_PATH=$(CURDIR)/var/lint/warehouse.duckdb $(VENV)/bin/sqlfluff fix dbt_project/models
 
 test: install lint
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.episodes import episode_models
 from assets.feeds import load_feeds
 from assets.ingestion import build_ingestion_definitions
 from orchestration.resources import feeds_file_from_env, resources_from_env
@@ -17,7 +18,7 @@ def build_definitions() -> dg.Definitions:
     feeds = load_feeds(feeds_file_from_env())
     landing_specs, raw_assets = build_ingestion_definitions(feeds)
     return dg.Definitions(
-        assets=[*landing_specs, *raw_assets],
+        assets=[*landing_specs, *raw_assets, episode_models],
         sensors=[landing_sensor],
         resources=resources,
     )

@@ -4,25 +4,31 @@
 |---|---|---|
 | ``DD_STORAGE_ROOT`` | storage root: a folder, or ``s3://bucket/prefix`` | ``./var`` |
 | ``DD_FEEDS_FILE`` | the feeds file | ``./feeds.yaml`` |
+| ``DD_WAREHOUSE_PATH`` | the DuckDB warehouse file (always local: DuckDB cannot keep it on S3) | ``./var/warehouse/warehouse.duckdb`` |
 | ``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, …); unset for AWS | |
 | ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` | S3 keys (secrets, passed as ``EnvVar``) | |
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
+from dagster_dbt import DbtCliResource
 from pydantic import PrivateAttr
 
 from assets.feeds import FeedSpec, load_feeds
 from assets.storage import Storage
+from orchestration.dbt import dbt_project
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE_ROOT = str(REPO_ROOT / "var")
 DEFAULT_FEEDS_FILE = str(REPO_ROOT / "feeds.yaml")
+DEFAULT_WAREHOUSE_PATH = str(REPO_ROOT / "var" / "warehouse" / "warehouse.duckdb")
 
 
 class StorageResource(ConfigurableResource):
@@ -59,6 +65,34 @@ class FeedsResource(ConfigurableResource):
         return self._feeds
 
 
+class WarehouseResource(ConfigurableResource):
+    """The DuckDB warehouse dbt builds into. One writer at a time (pool ``duckdb_warehouse``)."""
+
+    path: str = DEFAULT_WAREHOUSE_PATH
+
+    @contextlib.contextmanager
+    def dbt_env(self) -> Iterator[None]:
+        """dbt's profile reads the path from DD_WAREHOUSE_PATH; dagster-dbt passes the process
+        environment to dbt, so the variable is set for the invocation and restored after."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        previous = os.environ.get("DD_WAREHOUSE_PATH")
+        os.environ["DD_WAREHOUSE_PATH"] = self.path
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("DD_WAREHOUSE_PATH", None)
+            else:
+                os.environ["DD_WAREHOUSE_PATH"] = previous
+
+
+def dbt_executable() -> str:
+    """The dbt next to this interpreter (the project's venv), so dbt runs without an
+    activated environment; plain ``dbt`` from PATH otherwise."""
+    candidate = Path(sys.executable).parent / "dbt"
+    return str(candidate) if candidate.exists() else "dbt"
+
+
 def feeds_file_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("DD_FEEDS_FILE") or DEFAULT_FEEDS_FILE
@@ -79,4 +113,6 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
             **secrets,
         ),
         "feeds": FeedsResource(path=feeds_file_from_env(env)),
+        "warehouse": WarehouseResource(path=env.get("DD_WAREHOUSE_PATH") or DEFAULT_WAREHOUSE_PATH),
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
     }

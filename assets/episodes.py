@@ -1,0 +1,66 @@
+"""Decision episodes and datasets: the dbt project (dbt_project/) as Dagster assets.
+
+Every dbt model is an asset, partitioned by month; a run passes its partition window to dbt as
+vars (min_date, max_date) and builds the window in one dbt invocation, so a backfill of any
+range is one run and one ``dbt build``. dbt tests become asset checks.
+"""
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from orchestration.automation import follow_upstream
+from orchestration.dbt import dbt_project
+from orchestration.partitions import monthly_partitions
+from orchestration.resources import StorageResource, WarehouseResource
+
+OWNERS = ["team:research-data"]
+
+
+class EpisodeTranslator(DagsterDbtTranslator):
+    """Groups, owners, kinds and automation of the dbt assets; keys stay dbt's model names."""
+
+    def get_asset_spec(self, manifest: Any, unique_id: str, project: Any) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest["nodes"].get(unique_id)
+        if node is None or node["resource_type"] != "model":
+            return spec
+        layer = node["fqn"][1] if len(node["fqn"]) > 2 else "marts"
+        return spec.replace_attributes(
+            group_name="datasets" if node["name"].startswith("ds_") else "episodes",
+            owners=OWNERS,
+            automation_condition=follow_upstream(),
+        ).merge_attributes(kinds={"duckdb"}, tags={"layer": layer})
+
+
+def dbt_vars(window: dg.TimeWindow, storage_root: str) -> dict[str, str]:
+    """The partition window as dbt vars: inclusive UTC dates."""
+    return {
+        "min_date": window.start.date().isoformat(),
+        "max_date": (window.end - timedelta(days=1)).date().isoformat(),
+        "storage_root": storage_root,
+    }
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=EpisodeTranslator(),
+    partitions_def=monthly_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb_warehouse",
+    name="episode_models",
+)
+def episode_models(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    storage: StorageResource,
+    warehouse: WarehouseResource,
+):
+    build_vars = dbt_vars(context.partition_time_window, storage.get().root)
+    context.log.info(f"dbt build for {build_vars['min_date']}..{build_vars['max_date']}")
+    with warehouse.dbt_env():
+        yield from dbt.cli(["build", "--vars", json.dumps(build_vars)], context=context).stream()
