@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 TABLE_OF_KIND = {"trades": "raw_trades", "bars": "raw_bars"}
 INDEX_PREFIX = "state/landing_index"
 ROW_GROUP_ROWS = 1_000_000
+# The UTC day of a TIMESTAMPTZ. CAST(ts AS DATE) goes through ICU time zones row by row (about
+# 1.5 s per 5 million rows); through epoch microseconds it is plain integer arithmetic.
+UTC_DATE = "CAST(make_timestamp(epoch_us(ts)) AS DATE)"
 LARGE_DAY_ROWS = 100_000
 
 RAW_SCHEMAS: dict[str, pa.Schema] = {
@@ -148,7 +151,7 @@ def _dates_in_file(
     sql, _ = select_canonical(feed, local, name)
     try:
         rows = con.execute(
-            f"SELECT DISTINCT CAST(ts AS DATE) AS d FROM ({sql}) WHERE ts IS NOT NULL ORDER BY d"
+            f"SELECT DISTINCT {UTC_DATE} AS d FROM ({sql}) WHERE ts IS NOT NULL ORDER BY d"
         ).fetchall()
     except duckdb.Error as exc:
         raise FileReadError(feed.name, name, f"unreadable: {exc}") from exc
@@ -263,7 +266,7 @@ def _rules(kind: str, feed: FeedSpec, constant_symbol: str | None) -> list[tuple
     rules = [
         *symbol_rules,
         ("ts IS NULL", "'timestamp missing or unparseable'"),
-        ("CAST(ts AS DATE) <> partition_date", "'timestamp outside partition'"),
+        (f"{UTC_DATE} <> partition_date", "'timestamp outside partition'"),
     ]
     if kind == "trades":
         rules += [
@@ -337,7 +340,7 @@ def _stage_file(
     partition = (
         f"DATE {sql_literal(declared)}"
         if declared
-        else f"coalesce(CAST(ts AS DATE), DATE {sql_literal(landed.home_date or first)})"
+        else f"coalesce({UTC_DATE}, DATE {sql_literal(landed.home_date or first)})"
     )
     lineage = _lineage_literals(feed, landed)
     reason = _reason_case(kind, feed, feed.symbol_for_file(landed.filename))
@@ -548,8 +551,10 @@ def ingest_partitions(
     _mark_duplicates(con, kind)
 
     for day, ok, bad in con.execute(
-        "SELECT CAST(partition_date AS VARCHAR), count(*) FILTER (reason IS NULL), "
-        "count(*) FILTER (reason IS NOT NULL) FROM staged GROUP BY 1 ORDER BY 1"
+        # Group on the column, cast after: grouping on the cast text is ~10x slower.
+        "SELECT CAST(partition_date AS VARCHAR), ok, bad FROM (SELECT partition_date, "
+        "count(*) FILTER (reason IS NULL) AS ok, count(*) FILTER (reason IS NOT NULL) AS bad "
+        "FROM staged GROUP BY partition_date) ORDER BY 1"
     ).fetchall():
         report.rows_by_day[day] = ok
         if bad:
@@ -589,8 +594,8 @@ def ingest_partitions(
     counts = {
         path: (n, ok)
         for path, n, ok in con.execute(
-            "SELECT CAST(source_file AS VARCHAR), count(*), count(*) FILTER (reason IS NULL) "
-            "FROM staged GROUP BY 1"
+            "SELECT CAST(source_file AS VARCHAR), n, ok FROM (SELECT source_file, count(*) AS n, "
+            "count(*) FILTER (reason IS NULL) AS ok FROM staged GROUP BY source_file)"
         ).fetchall()
     }
     for ledger in report.files:

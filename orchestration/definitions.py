@@ -10,7 +10,7 @@ from assets.episodes import episode_models
 from assets.feeds import load_feeds
 from assets.ingestion import build_ingestion_definitions
 from orchestration.resources import feeds_file_from_env, resources_from_env
-from orchestration.sensors import landing_sensor
+from orchestration.sensors import episodes_automation_sensor, landing_sensor
 
 
 def build_definitions() -> dg.Definitions:
@@ -19,7 +19,7 @@ def build_definitions() -> dg.Definitions:
     landing_specs, raw_assets = build_ingestion_definitions(feeds)
     return dg.Definitions(
         assets=[*landing_specs, *raw_assets, episode_models],
-        sensors=[landing_sensor],
+        sensors=[landing_sensor, episodes_automation_sensor],
         resources=resources,
     )
 

@@ -122,3 +122,15 @@ def landing_sensor(
     return dg.SensorResult(
         run_requests=requests, asset_events=events, cursor=json.dumps(seen, sort_keys=True)
     )
+
+
+# Episodes and datasets follow their upstream partitions (orchestration.automation); this
+# sensor evaluates those conditions. Requests for several partitions of the single-run dbt
+# assets become one backfill, hence one run and one dbt build.
+episodes_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "episodes_automation",
+    target=dg.AssetSelection.groups("episodes", "datasets"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Rebuilds episode and dataset partitions whose upstream partitions changed.",
+)

@@ -1,0 +1,89 @@
+"""Declarative automation: episode partitions follow their upstream raw partitions, historical
+ones included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from assets.episodes import episode_models
+from assets.feeds import load_feeds
+from assets.ingest import day_range
+from assets.ingestion import build_ingestion_definitions
+from orchestration.resources import resources_from_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _defs() -> dg.Definitions:
+    _, raw_assets = build_ingestion_definitions(load_feeds(REPO / "feeds.yaml"))
+    return dg.Definitions(assets=[*raw_assets, episode_models], resources=resources_from_env({}))
+
+
+def _requested(result, key: str) -> set[str]:
+    return {
+        partition
+        for request in result.results
+        if request.key == dg.AssetKey(key)
+        for partition in request.true_subset.expensively_compute_partition_keys()
+    }
+
+
+def _ingested(instance: dg.DagsterInstance, first: str, last: str, contract_passed=True):
+    """What a raw run records: a materialization per day, then its checks' results."""
+    for table in ("raw_bars", "raw_trades"):
+        for day in day_range(first, last):
+            instance.report_runless_asset_event(dg.AssetMaterialization(table, partition=day))
+        for check in ("contract", "nothing_lost"):
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=dg.AssetKey(table),
+                    check_name=check,
+                    passed=contract_passed or check != "contract",
+                )
+            )
+
+
+def test_historical_month_follows_its_raw_days():
+    defs = _defs()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert not _requested(result, "int_bars")  # nothing upstream yet
+
+        # A late-arriving history: every day of September 2004 (far from the latest month).
+        _ingested(instance, "2004-09-01", "2004-09-30")
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert _requested(result, "stg_bars") == {"2004-09-01"}
+        assert _requested(result, "stg_trades") == {"2004-09-01"}
+
+        # Once staging is built (and its dbt tests passed), the next layer follows.
+        for model in ("stg_bars", "stg_trades"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(model, partition="2004-09-01")
+            )
+        for check in episode_models.check_specs:
+            if check.asset_key.path[0].startswith("stg_"):
+                instance.report_runless_asset_event(
+                    dg.AssetCheckEvaluation(
+                        asset_key=check.asset_key, check_name=check.name, passed=True
+                    )
+                )
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert _requested(result, "int_bars") == {"2004-09-01"}
+        assert not _requested(result, "stg_bars")  # handled: nothing upstream changed
+
+
+def test_failed_blocking_check_holds_the_month_back():
+    defs = _defs()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        _ingested(instance, "2004-09-01", "2004-09-30", contract_passed=False)
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert not _requested(result, "stg_bars")
