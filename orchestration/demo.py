@@ -14,24 +14,28 @@ import subprocess
 import sys
 import time
 
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.execution.backfill import BulkActionStatus
 
+from assets.episodes import episode_models
 from assets.ingest import TABLE_OF_KIND, scan_landing
 from assets.land import land_default
 from orchestration.resources import resources_from_env
 from orchestration.sensors import REASON_TAG
 
 TIMEOUT_S = int(os.environ.get("DD_DEMO_TIMEOUT_S", "900"))
+QUIET_S = 70
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def _sensor_runs(instance: DagsterInstance):
-    return instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": "landing_sensor"}))
+def _open_backfills(instance: DagsterInstance) -> list:
+    return instance.get_backfills(status=BulkActionStatus.REQUESTED)
 
 
-def _wait_for_ingestion(instance: DagsterInstance, expected: dict[str, str]) -> list:
-    """Run the daemon until every expected raw table has its last day materialized and no
-    sensor run is still queued or running."""
+def _run_daemon_until_settled(instance: DagsterInstance, expected: dict[str, str]) -> None:
+    """Run the daemon until the raw tables hold their last landed day and everything that
+    followed (episode models through their automation sensor) has finished: no run or backfill
+    in flight and nothing new for QUIET_S seconds (two sensor intervals)."""
     log_path = os.path.join(instance.root_directory, "demo-daemon.log")
     print(f"  daemon and run logs: {log_path}")
     log = open(log_path, "ab")  # noqa: SIM115 - open for the daemon's lifetime
@@ -48,27 +52,28 @@ def _wait_for_ingestion(instance: DagsterInstance, expected: dict[str, str]) -> 
     )
     reported: set[str] = set()
     deadline = time.monotonic() + TIMEOUT_S
+    last_change = time.monotonic()
     try:
         while time.monotonic() < deadline:
             time.sleep(3)
-            runs = _sensor_runs(instance)
-            for run in runs:
+            runs = instance.get_runs()
+            for run in reversed(runs):
                 line = f"{run.run_id[:8]} {run.status.value}"
                 if line not in reported:
                     reported.add(line)
-                    print(f"  run {line} ({run.tags.get(REASON_TAG, '')})", flush=True)
-            done = all(
-                instance.get_latest_materialization_event(AssetKey(table)) is not None
-                and day in instance.get_materialized_partitions(AssetKey(table))
+                    last_change = time.monotonic()
+                    why = run.tags.get(REASON_TAG) or run.tags.get("dagster/sensor_name", "")
+                    print(f"  run {line} {run.job_name} ({why})", flush=True)
+            raw_done = all(
+                day in instance.get_materialized_partitions(AssetKey(table))
                 for table, day in expected.items()
             )
-            if any(r.status == DagsterRunStatus.FAILURE for r in runs):
-                return runs
-            if done and runs and all(r.status in FINISHED for r in runs):
-                return runs
+            busy = any(r.status not in FINISHED for r in runs) or _open_backfills(instance)
+            if raw_done and not busy and time.monotonic() - last_change > QUIET_S:
+                return
             if daemon.poll() is not None:
                 raise SystemExit(f"dagster-daemon exited with {daemon.returncode}")
-        raise SystemExit(f"ingestion did not finish within {TIMEOUT_S} s")
+        raise SystemExit(f"the demo's runs did not settle within {TIMEOUT_S} s")
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         try:
@@ -100,7 +105,28 @@ def _summary(instance: DagsterInstance) -> bool:
                 status = execution.status.value
                 ok &= status == "SUCCEEDED" or check in ("quarantine_rate", "landed_files_readable")
                 print(f"    check {check}: {status}")
-    return ok
+    models = sorted(episode_models.keys, key=lambda k: k.to_user_string())
+    built = {k.to_user_string(): len(instance.get_materialized_partitions(k)) for k in models}
+    if any(built.values()):
+        print(
+            "  episode models (monthly partitions built): "
+            + ", ".join(f"{name} {n}" for name, n in built.items())
+        )
+    failed = [c for c in _failed_dbt_checks(instance, episode_models)]
+    for name in failed:
+        print(f"    dbt test failed: {name}")
+    return ok and not failed
+
+
+def _failed_dbt_checks(instance: DagsterInstance, assets_def) -> list[str]:
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        list(assets_def.check_keys)
+    )
+    return [
+        key.to_user_string()
+        for key, execution in latest.items()
+        if execution.status.value == "FAILED"
+    ]
 
 
 def main() -> int:
@@ -123,7 +149,7 @@ def main() -> int:
     if pending:
         print(f"starting the Dagster daemon; the landing sensor will ingest {sorted(pending)}")
         started = time.monotonic()
-        _wait_for_ingestion(instance, pending)
+        _run_daemon_until_settled(instance, pending)
         print(f"ingested in {time.monotonic() - started:.0f} s")
     else:
         print("raw partitions already built for everything landed")
