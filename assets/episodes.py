@@ -63,4 +63,11 @@ def episode_models(
     build_vars = dbt_vars(context.partition_time_window, storage.get().root)
     context.log.info(f"dbt build for {build_vars['min_date']}..{build_vars['max_date']}")
     with warehouse.dbt_env():
+        # Staging views are definitions of the build window (which raw days to read), not
+        # data: refresh them for this window whether or not they are selected, so a run of
+        # any subset (the automation sensor requests layer by layer) reads the right days.
+        refresh = dbt.cli(["run", "--select", "staging", "--vars", json.dumps(build_vars)])
+        refresh.wait()
+        if not refresh.is_successful():
+            raise dg.Failure("refreshing the staging views for the build window failed")
         yield from dbt.cli(["build", "--vars", json.dumps(build_vars)], context=context).stream()

@@ -6,9 +6,15 @@ import dagster as dg
 def follow_upstream() -> dg.AutomationCondition:
     """Rebuild a partition when any upstream partition it depends on was updated (or it went
     missing), for every partition, historical ones included: a late file for 2004 must reach
-    the 2004 episodes. Waits while upstream runs are in flight or missing, and never builds on
-    an upstream partition whose blocking checks failed."""
+    the 2004 episodes. Waits while upstream runs are in flight, and never builds on an upstream
+    partition whose blocking checks failed.
+
+    Unlike eager(), a missing upstream partition does not hold a month back: a day without
+    landed files (a feed with no trades at all, today's partition before its first file) is
+    simply no data, and the month is rebuilt when that day arrives."""
     return (
-        dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
+        dg.AutomationCondition.eager()
+        .without(dg.AutomationCondition.in_latest_time_window())
+        .without(~dg.AutomationCondition.any_deps_missing())
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ).with_label("follow_upstream")

@@ -75,3 +75,27 @@ def test_month_of_default_feed_builds_bars(local_storage, tmp_path):
     assert dict(rows) == expected.groupby("Ticker").size().to_dict()
     first_day = expected[expected["Date"] == "2004-09-01"].set_index("Ticker")["Close"]
     assert closes == first_day.to_dict()
+
+
+def test_subset_run_refreshes_staging_views_for_its_window(local_storage, tmp_path):
+    """The automation sensor requests layer by layer; a run of int_bars alone must read the
+    days of its own window (the staging views are refreshed for it)."""
+    feeds = load_feeds(REPO / "feeds.yaml")
+    land_file(local_storage, feeds["bokeh-stocks"], default_feed_file())
+    ingest_partitions(local_storage, feeds, "bars", day_range("2004-09-01", "2004-10-31"))
+    warehouse = tmp_path / "wh.duckdb"
+    resources = _resources(local_storage.root, warehouse)
+    for month in ("2004-09-01", "2004-10-01"):
+        result = dg.materialize(
+            [episode_models], resources=resources, partition_key=month, selection=["int_bars"]
+        )
+        assert result.success
+        assert {
+            e.materialization.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()
+        } == {"int_bars"}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        months = con.execute(
+            "select strftime(bar_date, '%Y-%m') as m, count(*) from int_bars group by 1 order by 1"
+        ).fetchall()
+    assert [m for m, _ in months] == ["2004-09", "2004-10"]
