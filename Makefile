@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 MANIFEST := dbt_project/target/manifest.json
-DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' -not -path '*/target/*' 2>/dev/null)
+DBT_SOURCES := $(shell find dbt_project -not -path '*/target/*' \( -name '*.sql' -o -name '*.yml' -o -name '*.csv' \) 2>/dev/null)
 
 install: $(STAMP) $(MANIFEST)
 

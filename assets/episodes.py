@@ -26,7 +26,7 @@ class EpisodeTranslator(DagsterDbtTranslator):
     def get_asset_spec(self, manifest: Any, unique_id: str, project: Any) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest["nodes"].get(unique_id)
-        if node is None or node["resource_type"] != "model":
+        if node is None or node["resource_type"] not in ("model", "seed"):
             return spec
         layer = node["fqn"][1] if len(node["fqn"]) > 2 else "marts"
         return spec.replace_attributes(

@@ -1,0 +1,503 @@
+{{
+    config(
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
+            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
+    )
+}}
+{#-
+  What each reference policy decides at each decision point, and why: one row per
+  (decision point, policy version of the seed reference_policies), with action, size and an
+  ordered reasoning trace (observations stating features, inferences, one decision). Built from
+  the decision point's own features only (int_decision_points: data at or before decision_ts);
+  nothing later is read, and tests/test_decisions.py fails if the compiled SQL ever names a
+  forward-looking column.
+
+  Rules (assets/policies.py holds the same rules and texts in Python, the test oracle):
+  s = signal in sigmas, rounded to 4 decimals as rendered; k = entry_sigma;
+  v = greatest(vol_20, vol_floor); size = least(size_cap, size_per_sigma * |s|) at 4 decimals
+  for buy/sell, 0 for hold.
+    momentum_v1        s = ret_20 / (v * sqrt(20)); buy s > k, sell s < -k, else hold
+    mean_reversion_v1  s = the larger in magnitude of ret_1 / v and ret_5 / (v * sqrt(5))
+                       (ties: the 1-bar move); sell s > k, buy s < -k, else hold
+    breakout_v1        s = trend_gap_50 / (v * sqrt(20)); confirmed = range_pct / v (4 dp)
+                       > range_vols_min or volume_z_20 (4 dp, NULL = no) > volume_z_min;
+                       buy s > k and confirmed, sell s < -k and confirmed, else hold
+    risk_off_v1        sell size_cap when regime is *_volatile or vol_20 (6 dp) > vol_max;
+                       else hold
+  Incremental by day like int_bars: a build replaces the days of its window. Changing the seed
+  changes only the days built afterwards: rebuild the range (or --full-refresh) after editing it.
+-#}
+with
+
+decision_points as (
+    select * from {{ ref('int_decision_points') }}
+    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+),
+
+policies as (
+    select * from {{ ref('reference_policies') }}
+),
+
+-- momentum_v1 ----------------------------------------------------------------------------------
+momentum_signals as (
+    select
+        decision_points.*,
+        policies.policy_id,
+        policies.policy_version,
+        policies.entry_sigma,
+        policies.size_per_sigma,
+        policies.size_cap,
+        {{ as_rendered('ret_20 / (greatest(vol_20, vol_floor) * sqrt(20))', 4) }} as signal
+    from decision_points
+    cross join policies
+    where policies.rule = 'momentum_v1'
+),
+
+momentum_actions as (
+    select
+        *,
+        case
+            when signal > entry_sigma then 'buy'
+            when signal < -entry_sigma then 'sell'
+            else 'hold'
+        end as action
+    from momentum_signals
+),
+
+momentum_sized as (
+    select
+        *,
+        case
+            when action = 'hold' then cast(0 as double)
+            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
+        end as size
+    from momentum_actions
+),
+
+momentum as (
+    select
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        policy_id,
+        policy_version,
+        action,
+        size,
+        [
+            {
+                'step_index': 1,
+                'kind': 'observation',
+                'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
+                'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
+            },
+            {
+                'step_index': 2,
+                'kind': 'observation',
+                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
+                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+            },
+            {
+                'step_index': 3,
+                'kind': 'observation',
+                'text': 'Regime is ' || regime || '; the close is '
+                || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
+                'claim': 'regime=' || regime || ';trend_gap_50='
+                || {{ fmt_fixed('trend_gap_50', 6) }}
+            },
+            {
+                'step_index': 4,
+                'kind': 'inference',
+                'text': '20-bar momentum is ' || {{ fmt_signed('signal') }} || ' sigma, '
+                || case
+                    when signal > entry_sigma
+                        then
+                            'above the +' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma entry band: the trend is up.'
+                    when signal < -entry_sigma
+                        then
+                            'below the -' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma entry band: the trend is down.'
+                    else
+                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
+                        || ' sigma entry band: no clear trend.'
+                end,
+                'claim': {{ band_claim('momentum_sigma', 'signal', 'entry_sigma') }}
+            },
+            {{ decision_step(5) }}
+        ] as reasoning_steps,
+        source_hashes
+    from momentum_sized
+),
+
+-- mean_reversion_v1 ----------------------------------------------------------------------------
+mean_reversion_moves as (
+    select
+        decision_points.*,
+        policies.policy_id,
+        policies.policy_version,
+        policies.entry_sigma,
+        policies.size_per_sigma,
+        policies.size_cap,
+        {{ as_rendered('ret_1 / greatest(vol_20, vol_floor)', 4) }} as move_1,
+        {{ as_rendered('ret_5 / (greatest(vol_20, vol_floor) * sqrt(5))', 4) }} as move_5
+    from decision_points
+    cross join policies
+    where policies.rule = 'mean_reversion_v1'
+),
+
+mean_reversion_signals as (
+    select
+        *,
+        case when abs(move_1) >= abs(move_5) then move_1 else move_5 end as signal,
+        case when abs(move_1) >= abs(move_5) then '1-bar' else '5-bar' end as larger_move
+    from mean_reversion_moves
+),
+
+mean_reversion_actions as (
+    select
+        *,
+        case
+            when signal > entry_sigma then 'sell'
+            when signal < -entry_sigma then 'buy'
+            else 'hold'
+        end as action
+    from mean_reversion_signals
+),
+
+mean_reversion_sized as (
+    select
+        *,
+        case
+            when action = 'hold' then cast(0 as double)
+            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
+        end as size
+    from mean_reversion_actions
+),
+
+mean_reversion as (
+    select
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        policy_id,
+        policy_version,
+        action,
+        size,
+        [
+            {
+                'step_index': 1,
+                'kind': 'observation',
+                'text': 'Last bar''s log return is ' || {{ fmt_pct('ret_1') }} || '.',
+                'claim': 'ret_1=' || {{ fmt_fixed('ret_1', 6) }}
+            },
+            {
+                'step_index': 2,
+                'kind': 'observation',
+                'text': '5-bar log return is ' || {{ fmt_pct('ret_5') }} || '.',
+                'claim': 'ret_5=' || {{ fmt_fixed('ret_5', 6) }}
+            },
+            {
+                'step_index': 3,
+                'kind': 'observation',
+                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
+                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+            },
+            {
+                'step_index': 4,
+                'kind': 'inference',
+                'text': 'The 1-bar move is ' || {{ fmt_signed('move_1') }}
+                || ' sigma and the 5-bar move ' || {{ fmt_signed('move_5') }}
+                || ' sigma; the ' || larger_move || ' move is the larger.',
+                'claim': 'move_1_sigma=' || {{ fmt_fixed('move_1', 4) }}
+                || ';move_5_sigma=' || {{ fmt_fixed('move_5', 4) }}
+            },
+            {
+                'step_index': 5,
+                'kind': 'inference',
+                'text': 'A ' || {{ fmt_signed('signal') }} || ' sigma move is '
+                || case
+                    when signal > entry_sigma
+                        then
+                            'beyond the +' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma stretch band: expect a pullback.'
+                    when signal < -entry_sigma
+                        then
+                            'beyond the -' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma stretch band: expect a bounce.'
+                    else
+                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
+                        || ' sigma stretch band: not stretched.'
+                end,
+                'claim': {{ band_claim('stretch_sigma', 'signal', 'entry_sigma') }}
+            },
+            {{ decision_step(6) }}
+        ] as reasoning_steps,
+        source_hashes
+    from mean_reversion_sized
+),
+
+-- breakout_v1 ----------------------------------------------------------------------------------
+breakout_signals as (
+    select
+        decision_points.*,
+        policies.policy_id,
+        policies.policy_version,
+        policies.entry_sigma,
+        policies.size_per_sigma,
+        policies.size_cap,
+        policies.range_vols_min,
+        policies.volume_z_min,
+        {{ as_rendered('trend_gap_50 / (greatest(vol_20, vol_floor) * sqrt(20))', 4) }}
+            as signal,
+        {{ as_rendered('range_pct / greatest(vol_20, vol_floor)', 4) }} as range_vols,
+        {{ as_rendered('volume_z_20', 4) }} as volume_z
+    from decision_points
+    cross join policies
+    where policies.rule = 'breakout_v1'
+),
+
+breakout_confirmed as (
+    select
+        *,
+        range_vols > range_vols_min as range_ok,
+        coalesce(volume_z > volume_z_min, false) as volume_ok
+    from breakout_signals
+),
+
+breakout_actions as (
+    select
+        *,
+        case
+            when not (range_ok or volume_ok) then 'hold'
+            when signal > entry_sigma then 'buy'
+            when signal < -entry_sigma then 'sell'
+            else 'hold'
+        end as action
+    from breakout_confirmed
+),
+
+breakout_sized as (
+    select
+        *,
+        case
+            when action = 'hold' then cast(0 as double)
+            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
+        end as size
+    from breakout_actions
+),
+
+breakout as (
+    select
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        policy_id,
+        policy_version,
+        action,
+        size,
+        [
+            {
+                'step_index': 1,
+                'kind': 'observation',
+                'text': 'The close is ' || {{ fmt_pct('trend_gap_50') }}
+                || ' from its 50-bar mean.',
+                'claim': 'trend_gap_50=' || {{ fmt_fixed('trend_gap_50', 6) }}
+            },
+            {
+                'step_index': 2,
+                'kind': 'observation',
+                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
+                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+            },
+            {
+                'step_index': 3,
+                'kind': 'observation',
+                'text': 'The bar''s high-low range is ' || {{ fmt_upct('range_pct') }}
+                || ' of the close.',
+                'claim': 'range_pct=' || {{ fmt_fixed('range_pct', 6) }}
+            },
+            {
+                'step_index': 4,
+                'kind': 'observation',
+                'text': coalesce(
+                    'Volume z-score against the previous 20 bars is '
+                    || {{ fmt_signed('volume_z_20') }} || '.',
+                    'Volume z-score is undefined: the previous 20 volumes were constant.'
+                ),
+                'claim': 'volume_z_20=' || coalesce({{ fmt_fixed('volume_z_20', 6) }}, 'null')
+            },
+            {
+                'step_index': 5,
+                'kind': 'inference',
+                'text': 'The close is ' || {{ fmt_signed('signal') }}
+                || ' sigma from its 50-bar mean, '
+                || case
+                    when signal > entry_sigma
+                        then
+                            'above the +' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma band: an upside breakout.'
+                    when signal < -entry_sigma
+                        then
+                            'below the -' || {{ fmt_fixed('entry_sigma', 2) }}
+                            || ' sigma band: a downside breakout.'
+                    else
+                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
+                        || ' sigma band: no breakout.'
+                end,
+                'claim': {{ band_claim('trend_sigma', 'signal', 'entry_sigma') }}
+            },
+            {
+                'step_index': 6,
+                'kind': 'inference',
+                'text': 'The bar''s range is ' || {{ fmt_fixed('range_vols', 2) }}
+                || ' vols against ' || {{ fmt_fixed('range_vols_min', 2) }}
+                || ' needed and '
+                || coalesce(
+                    'volume z is ' || {{ fmt_signed('volume_z') }} || ' against '
+                    || {{ fmt_fixed('volume_z_min', 2) }} || ' needed',
+                    'volume z is undefined'
+                )
+                || ': '
+                || case when range_ok or volume_ok then 'confirmed' else 'not confirmed' end
+                || '.',
+                'claim': 'range_vols=' || {{ fmt_fixed('range_vols', 4) }}
+                || case when range_ok then '>' else '<=' end
+                || {{ fmt_fixed('range_vols_min', 4) }}
+                || ';volume_z='
+                || coalesce(
+                    {{ fmt_fixed('volume_z', 4) }}
+                    || case when volume_ok then '>' else '<=' end
+                    || {{ fmt_fixed('volume_z_min', 4) }},
+                    'null'
+                )
+                || ';confirmed='
+                || case when range_ok or volume_ok then 'true' else 'false' end
+            },
+            {{ decision_step(7) }}
+        ] as reasoning_steps,
+        source_hashes
+    from breakout_sized
+),
+
+-- risk_off_v1 ----------------------------------------------------------------------------------
+risk_off_conditions as (
+    select
+        decision_points.*,
+        policies.policy_id,
+        policies.policy_version,
+        policies.size_cap,
+        policies.vol_max,
+        ends_with(regime, '_volatile') as volatile,
+        {{ as_rendered('vol_20', 6) }} > vol_max as high_vol
+    from decision_points
+    cross join policies
+    where policies.rule = 'risk_off_v1'
+),
+
+risk_off_actions as (
+    select
+        *,
+        case when volatile or high_vol then 'sell' else 'hold' end as action,
+        case
+            when volatile or high_vol then {{ as_rendered('size_cap', 4) }}
+            else cast(0 as double)
+        end as size
+    from risk_off_conditions
+),
+
+risk_off as (
+    select
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        policy_id,
+        policy_version,
+        action,
+        size,
+        [
+            {
+                'step_index': 1,
+                'kind': 'observation',
+                'text': 'Regime is ' || regime || '.',
+                'claim': 'regime=' || regime
+            },
+            {
+                'step_index': 2,
+                'kind': 'observation',
+                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
+                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+            },
+            {
+                'step_index': 3,
+                'kind': 'inference',
+                'text': 'The regime is '
+                || case when volatile then 'volatile' else 'calm' end
+                || ' and volatility ' || {{ fmt_upct('vol_20') }} || ' is '
+                || case when high_vol then 'above' else 'at or below' end
+                || ' the ' || {{ fmt_upct('vol_max') }} || ' ceiling: '
+                || case
+                    when action = 'sell' then 'risk is elevated, go flat'
+                    else 'risk is normal'
+                end
+                || '.',
+                'claim': 'regime_volatile=' || case when volatile then 'true' else 'false' end
+                || ';vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+                || case when high_vol then '>' else '<=' end
+                || {{ fmt_fixed('vol_max', 6) }}
+            },
+            {{ decision_step(4) }}
+        ] as reasoning_steps,
+        source_hashes
+    from risk_off_actions
+),
+
+-- all policies ---------------------------------------------------------------------------------
+decisions as (
+    select * from momentum
+    union all
+    select * from mean_reversion
+    union all
+    select * from breakout
+    union all
+    select * from risk_off
+),
+
+final as (
+    select
+        md5(
+            symbol || '|' || bar_interval || '|'
+            || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
+            || '|' || policy_id || '|' || cast(policy_version as varchar)
+        ) as episode_id,
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        policy_id,
+        policy_version,
+        action,
+        size,
+        cast(
+            reasoning_steps
+            as struct(step_index integer, kind varchar, text varchar, claim varchar)[]
+        ) as reasoning_steps,
+        source_hashes
+    from decisions
+)
+
+select * from final
+order by symbol, bar_interval, ts, policy_id, policy_version
