@@ -29,11 +29,29 @@ class EpisodeTranslator(DagsterDbtTranslator):
         if node is None or node["resource_type"] not in ("model", "seed"):
             return spec
         layer = node["fqn"][1] if len(node["fqn"]) > 2 else "marts"
-        return spec.replace_attributes(
+        spec = spec.replace_attributes(
             group_name="datasets" if node["name"].startswith("ds_") else "episodes",
             owners=OWNERS,
             automation_condition=follow_upstream(),
         ).merge_attributes(kinds={"duckdb"}, tags={"layer": layer})
+        lookahead = int((node.get("meta") or {}).get("lookahead_months", 0))
+        if lookahead:
+            spec = spec.replace_attributes(
+                deps=[
+                    dg.AssetDep(dep.asset_key, partition_mapping=lookahead_mapping(lookahead))
+                    for dep in spec.deps
+                ]
+            )
+        return spec
+
+
+def lookahead_mapping(months: int) -> dg.TimeWindowPartitionMapping:
+    """A month also depends on the next ``months`` months upstream: outcomes mature when later
+    bars land, so a later raw day must rebuild the earlier month whose horizons it completes.
+    Set per model in its YAML (``meta: {lookahead_months: 1}``)."""
+    return dg.TimeWindowPartitionMapping(
+        start_offset=0, end_offset=months, allow_nonexistent_upstream_partitions=True
+    )
 
 
 def dbt_vars(window: dg.TimeWindow, storage_root: str) -> dict[str, str]:

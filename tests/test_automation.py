@@ -63,7 +63,8 @@ def test_historical_month_follows_its_raw_days():
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        assert _requested(result, "stg_bars") == {"2004-09-01"}
+        # August too: September's bars complete the outcome horizons of August's last days.
+        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01"}
         assert not _requested(result, "stg_trades")  # nothing upstream ever arrived
 
         # Once staging is built (and its dbt tests passed), the next layer follows.
@@ -81,7 +82,7 @@ def test_historical_month_follows_its_raw_days():
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        assert _requested(result, "int_bars") == {"2004-09-01"}
+        assert "2004-09-01" in _requested(result, "int_bars")
         assert not _requested(result, "stg_bars")  # handled: nothing upstream changed
 
 
@@ -94,3 +95,28 @@ def test_failed_blocking_check_holds_the_month_back():
             defs=defs, instance=instance, cursor=result.cursor
         )
         assert not _requested(result, "stg_bars")
+
+
+def test_a_later_raw_day_belongs_to_the_previous_month_too():
+    """Outcomes mature when later bars land: September's staging depends on October's raw
+    days as well, so an October file rebuilds September (and October)."""
+    defs = _defs()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        _ingested(instance, "2004-09-01", "2004-09-30")
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01"}
+        for month in ("2004-08-01", "2004-09-01"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("stg_bars", partition=month)
+            )
+        result = dg.evaluate_automation_conditions(  # the builds are seen as handled
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        _ingested(instance, "2004-10-01", "2004-10-01")
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert _requested(result, "stg_bars") == {"2004-09-01", "2004-10-01"}
