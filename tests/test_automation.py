@@ -63,8 +63,8 @@ def test_historical_month_follows_its_raw_days():
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        # August too: September's bars complete the outcome horizons of August's last days.
-        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01"}
+        # July and August too: September's bars complete their outcome horizons.
+        assert _requested(result, "stg_bars") == {"2004-07-01", "2004-08-01", "2004-09-01"}
         assert not _requested(result, "stg_trades")  # nothing upstream ever arrived
 
         # Once staging is built (and its dbt tests passed), the next layer follows.
@@ -98,8 +98,8 @@ def test_failed_blocking_check_holds_the_month_back():
 
 
 def test_a_later_raw_day_belongs_to_the_previous_month_too():
-    """Outcomes mature when later bars land: September's staging depends on October's raw
-    days as well, so an October file rebuilds September (and October)."""
+    """Outcomes mature when later bars land: a month's staging depends on the raw days of the
+    next two months as well, so an October file rebuilds August, September and October."""
     defs = _defs()
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
@@ -107,8 +107,8 @@ def test_a_later_raw_day_belongs_to_the_previous_month_too():
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01"}
-        for month in ("2004-08-01", "2004-09-01"):
+        assert _requested(result, "stg_bars") == {"2004-07-01", "2004-08-01", "2004-09-01"}
+        for month in ("2004-07-01", "2004-08-01", "2004-09-01"):
             instance.report_runless_asset_event(
                 dg.AssetMaterialization("stg_bars", partition=month)
             )
@@ -119,4 +119,4 @@ def test_a_later_raw_day_belongs_to_the_previous_month_too():
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        assert _requested(result, "stg_bars") == {"2004-09-01", "2004-10-01"}
+        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01", "2004-10-01"}
