@@ -101,16 +101,7 @@ outcomes as (
             case when close_{{ h }} is not null then ln(path_max_{{ h }} / close) end
                 as fwd_path_max_{{ h }},
         {%- endfor %}
-        horizon_ts + to_seconds(
-            try_cast(regexp_extract(bar_interval, '^([0-9]+)[smhdw]$', 1) as bigint)
-            * case regexp_extract(bar_interval, '^[0-9]+([smhdw])$', 1)
-                when 's' then 1
-                when 'm' then 60
-                when 'h' then 3600
-                when 'd' then 86400
-                when 'w' then 604800
-            end
-        ) as matured_at,
+        horizon_ts + {{ bar_length('bar_interval') }} as matured_at,
         horizon_ts is not null as is_mature,
         list_sort(list_distinct(flatten(lineage))) as outcome_source_hashes
     from ahead
