@@ -26,7 +26,7 @@ class EpisodeTranslator(DagsterDbtTranslator):
     def get_asset_spec(self, manifest: Any, unique_id: str, project: Any) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest["nodes"].get(unique_id)
-        if node is None or node["resource_type"] not in ("model", "seed"):
+        if node is None or node["resource_type"] != "model":
             return spec
         layer = node["fqn"][1] if len(node["fqn"]) > 2 else "marts"
         spec = spec.replace_attributes(
@@ -71,6 +71,8 @@ def dbt_vars(window: dg.TimeWindow, storage_root: str) -> dict[str, str]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb_warehouse",
     name="episode_models",
+    # Seeds are configuration refreshed by every run (see below), not partitioned data.
+    exclude="resource_type:seed",
 )
 def episode_models(
     context: dg.AssetExecutionContext,
@@ -81,11 +83,24 @@ def episode_models(
     build_vars = dbt_vars(context.partition_time_window, storage.get().root)
     context.log.info(f"dbt build for {build_vars['min_date']}..{build_vars['max_date']}")
     with warehouse.dbt_env():
-        # Staging views are definitions of the build window (which raw days to read), not
-        # data: refresh them for this window whether or not they are selected, so a run of
-        # any subset (the automation sensor requests layer by layer) reads the right days.
-        refresh = dbt.cli(["run", "--select", "staging", "--vars", json.dumps(build_vars)])
+        # Staging views are definitions of the build window (which raw days to read) and seeds
+        # are configuration (policy parameters), not data: refresh both for this window
+        # whether or not they are selected, so a run of any subset (the automation sensor
+        # requests layer by layer) reads the right days and the current parameters.
+        refresh = dbt.cli(
+            [
+                "build",
+                "--select",
+                "staging resource_type:seed",
+                "--resource-type",
+                "model",
+                "--resource-type",
+                "seed",
+                "--vars",
+                json.dumps(build_vars),
+            ]
+        )
         refresh.wait()
         if not refresh.is_successful():
-            raise dg.Failure("refreshing the staging views for the build window failed")
+            raise dg.Failure("refreshing staging views and seeds for the build window failed")
         yield from dbt.cli(["build", "--vars", json.dumps(build_vars)], context=context).stream()
