@@ -67,25 +67,20 @@ def test_historical_month_follows_its_raw_days():
         assert _requested(result, "stg_bars") == {"2004-07-01", "2004-08-01", "2004-09-01"}
         assert not _requested(result, "stg_trades")  # nothing upstream ever arrived
 
-        # Once staging is built (and its dbt tests passed), the next layer follows.
-        for model in ("stg_bars",):
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(model, partition="2004-09-01")
-            )
-        # stg_trades never ran (no trades feed): its checks never ran either, and that must
-        # not hold int_bars back.
-        for check in episode_models.check_specs:
-            if check.asset_key.path[0] == "stg_bars":
-                instance.report_runless_asset_event(
-                    dg.AssetCheckEvaluation(
-                        asset_key=check.asset_key, check_name=check.name, passed=True
-                    )
-                )
+        # The models downstream of staging are requested in the same tick: one run, one
+        # dbt build of the whole chain for those months.
+        assert _requested(result, "int_bars") == {"2004-07-01", "2004-08-01", "2004-09-01"}
+        assert _requested(result, "int_features") == _requested(result, "int_bars")
+
+        # Built: nothing more is requested until upstream changes again.
+        for model in ("stg_bars", "int_bars", "int_features"):
+            for month in ("2004-07-01", "2004-08-01", "2004-09-01"):
+                instance.report_runless_asset_event(dg.AssetMaterialization(model, partition=month))
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, cursor=result.cursor
         )
-        assert "2004-09-01" in _requested(result, "int_bars")
-        assert not _requested(result, "stg_bars")  # handled: nothing upstream changed
+        assert not _requested(result, "stg_bars")
+        assert not _requested(result, "int_bars")
 
 
 def test_failed_blocking_check_holds_the_month_back():
