@@ -196,6 +196,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "+int_decisions",
                 "--exclude",
                 "+int_decision_points,resource_type:test",
+                # Only tests whose every parent is built: downstream models' relationship
+                # tests (int_counterfactuals → int_decisions) are not ours to run here.
+                "--indirect-selection",
+                "cautious",
             ],
             "vars": window(first, last),
             "export": {"int_decisions": str(first_build)},
