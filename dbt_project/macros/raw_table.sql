@@ -48,3 +48,17 @@
     {{- (modules.datetime.date.fromisoformat(var('min_date'))
         - modules.datetime.timedelta(days=var('lookback_days') | int)).isoformat() -}}
 {% endmacro %}
+
+{#-
+  Pre-hook of every incremental intermediate model (dbt_project.yml): a build replaces the days
+  of its window, so re-running a window gives the same rows and a narrower rebuild of a few days
+  leaves the others alone.
+-#}
+{% macro delete_build_window() %}
+    {%- if is_incremental() -%}
+        delete from {{ this }}
+        where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{% endmacro %}

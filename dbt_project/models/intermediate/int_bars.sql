@@ -1,9 +1,3 @@
-{{
-    config(
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
-            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
-    )
-}}
 {#-
   One row per bar: delivered bars as they are, and bars built from trades at
   trade_bar_interval (open/close by time then trade id, so ties resolve the same way every run).

@@ -1,9 +1,3 @@
-{{
-    config(
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
-            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
-    )
-}}
 {#-
   Counterfactual and ex-ante rewards of every decision: one row per int_decisions row of the
   build window, for the reward horizon H = the largest of var('horizons').

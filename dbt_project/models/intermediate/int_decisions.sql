@@ -1,9 +1,3 @@
-{{
-    config(
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
-            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
-    )
-}}
 {#-
   What each reference policy decides at each decision point, and why: one row per
   (decision point, policy version of the seed reference_policies), with action, size and an

@@ -1,9 +1,3 @@
-{{
-    config(
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
-            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
-    )
-}}
 {#-
   Point-in-time features: one row per bar of the build window, computed only from bars of the
   same symbol and bar_interval at or before it (windows counted in bars, ordered by ts).

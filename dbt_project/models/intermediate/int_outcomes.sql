@@ -1,8 +1,6 @@
 {{
     config(
-        on_schema_change='fail',
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where bar_date between date '"
-            ~ var('min_date') ~ "' and date '" ~ var('max_date') ~ "'{% else %}select 1{% endif %}"
+        on_schema_change='fail'
     )
 }}
 {#-
