@@ -5,6 +5,7 @@ heavy lifting is plain Python in assets/ingest.py; these definitions add partiti
 metadata and the blocking checks an operator sees in the Dagster UI.
 """
 
+import contextlib
 import hashlib
 import json
 
@@ -16,6 +17,7 @@ from assets.ingest import (
     TABLE_OF_KIND,
     IngestReport,
     ingest_partitions,
+    new_connection,
     quarantine_path,
     raw_path,
 )
@@ -105,21 +107,21 @@ def _data_version(report: IngestReport) -> dg.DataVersion:
 def _count_back(storage, kind: str, report: IngestReport) -> dict[str, int]:
     """Rows per source hash found in the written raw and quarantine files (read back from disk,
     independently of the counts the ingestion kept)."""
-    import contextlib
-
-    import duckdb
-
     paths = [raw_path(kind, d) for d in report.days if report.rows_by_day.get(d)]
     paths += [quarantine_path(kind, d) for d in report.quarantined_by_day]
     if not paths:
         return {}
     with contextlib.ExitStack() as stack:
         local = [str(stack.enter_context(storage.local_copy(p))) for p in paths]
-        rows = duckdb.sql(
-            "SELECT source_hash, count(*) FROM read_parquet($files, hive_partitioning = false, "
-            "union_by_name = true) GROUP BY 1",
-            params={"files": local},
-        ).fetchall()
+        rows = (
+            new_connection()
+            .execute(
+                "SELECT source_hash, count(*) FROM read_parquet($files, hive_partitioning = false, "
+                "union_by_name = true) GROUP BY 1",
+                {"files": local},
+            )
+            .fetchall()
+        )
     return {h: n for h, n in rows}
 
 

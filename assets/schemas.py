@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import duckdb
 import pandas as pd
 import pandera.errors
 import pandera.pandas as pa
@@ -20,6 +19,7 @@ import pyarrow as pyarrow_
 import pyarrow.parquet as pq
 
 from assets.feeds import FeedSpec
+from assets.ingest import new_connection
 from assets.storage import Storage
 
 UTC_TS = pd.DatetimeTZDtype("us", "UTC")
@@ -177,9 +177,7 @@ def validate_partitions(
     (thousands of tiny daily files validate as one frame; a huge day validates alone)."""
     schema = raw_schema(kind, feeds)
     result = ContractResult()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    con = new_connection()
     for days in _chunks({d: n for d, n in rows_by_day.items() if n}, max_rows):
         with contextlib.ExitStack() as stack:
             # Raw files sit at .../date=YYYY-MM-DD/data.parquet (local copies keep that shape),

@@ -112,7 +112,7 @@ def _summary(instance: DagsterInstance) -> bool:
             "  episode models (monthly partitions built): "
             + ", ".join(f"{name} {n}" for name, n in built.items())
         )
-    failed = [c for c in _failed_dbt_checks(instance, episode_models)]
+    failed = _failed_dbt_checks(instance, episode_models)
     for name in failed:
         print(f"    dbt test failed: {name}")
     return ok and not failed
