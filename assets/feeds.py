@@ -37,11 +37,34 @@ REQUIRED_COLUMNS: dict[str, dict[str, str]] = {
         "close": "DOUBLE",
         "volume": "DOUBLE",
     },
+    # Recorded decisions of a trader or agent: buy/sell/hold a fraction ``size`` in [0, 1].
+    "decisions": {
+        "decision_id": "VARCHAR",
+        "agent_id": "VARCHAR",
+        "symbol": "VARCHAR",
+        "ts": "VARCHAR",
+        "action": "VARCHAR",
+        "size": "DOUBLE",
+    },
+    # Expert process feedback (PRM800K-style): a rating in {-1, 0, +1} of one reasoning step.
+    "feedback": {
+        "episode_id": "VARCHAR",
+        # Read as numbers and checked to be whole by the rules (a DuckDB cast would round 0.5 to
+        # 1); written to raw/ as int64.
+        "step_index": "DOUBLE",
+        "rating": "DOUBLE",
+        "rater_id": "VARCHAR",
+        "ts": "VARCHAR",
+    },
 }
 OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
     "trades": {"side": "VARCHAR", "is_buyer_maker": "BOOLEAN"},
     "bars": {"adj_close": "DOUBLE"},
+    "decisions": {"rationale": "VARCHAR"},
+    "feedback": {"comment": "VARCHAR"},
 }
+# Kinds whose rows name an instrument: their feeds map a symbol column or give a constant one.
+SYMBOL_KINDS = tuple(kind for kind, cols in REQUIRED_COLUMNS.items() if "symbol" in cols)
 
 # Binance's public spot trade dump: no header (newer dumps may carry one), epoch time in
 # milliseconds (microseconds for spot since 2025).
@@ -187,16 +210,21 @@ def parse_feed(raw: dict[str, Any]) -> FeedSpec:
         interval=str(raw.get("interval", "1d")),
         description=str(raw.get("description", "")),
     )
-    if kind in REQUIRED_COLUMNS and fmt != "binance-trades":
+    if fmt != "binance-trades":
         needed = set(REQUIRED_COLUMNS[kind]) - {"symbol"}
         missing = sorted(needed - set(columns))
         if missing:
             raise FeedConfigError(f"feed {name!r}: columns must map {missing}")
-    has_symbol = "symbol" in columns or spec.symbol or spec.symbol_from_filename
-    if kind in REQUIRED_COLUMNS and not has_symbol:
-        raise FeedConfigError(
-            f"feed {name!r}: map a 'symbol' column, or give 'symbol' or 'symbol_from_filename'"
-        )
+    symbol_keys = [k for k in ("symbol", "symbol_from_filename", "symbols") if raw.get(k)]
+    symbol_keys += ["columns.symbol"] if "symbol" in columns else []
+    if kind in SYMBOL_KINDS:
+        has_symbol = "symbol" in columns or spec.symbol or spec.symbol_from_filename
+        if not has_symbol:
+            raise FeedConfigError(
+                f"feed {name!r}: map a 'symbol' column, or give 'symbol' or 'symbol_from_filename'"
+            )
+    elif symbol_keys:
+        raise FeedConfigError(f"feed {name!r}: kind {kind} has no symbol; remove {symbol_keys}")
     for key, group in (("symbol_from_filename", "symbol"), ("file_date_pattern", "date")):
         pattern = getattr(spec, key)
         if pattern:

@@ -29,13 +29,18 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from assets.feeds import SYMBOL_PATTERN, FeedSpec
+from assets.feeds import REQUIRED_COLUMNS, SYMBOL_PATTERN, FeedSpec
 from assets.readers import CANONICAL, FileReadError, select_canonical, sql_literal
 from assets.storage import Storage
 
 log = logging.getLogger(__name__)
 
-TABLE_OF_KIND = {"trades": "raw_trades", "bars": "raw_bars"}
+TABLE_OF_KIND = {
+    "trades": "raw_trades",
+    "bars": "raw_bars",
+    "decisions": "raw_decisions",
+    "feedback": "raw_feedback",
+}
 INDEX_PREFIX = "state/landing_index"
 ROW_GROUP_ROWS = 1_000_000
 # The UTC day of a TIMESTAMPTZ. CAST(ts AS DATE) goes through ICU time zones row by row (about
@@ -73,6 +78,41 @@ RAW_SCHEMAS: dict[str, pa.Schema] = {
             ("source_hash", pa.string()),
         ]
     ),
+    "decisions": pa.schema(
+        [
+            ("decision_id", pa.string()),
+            ("agent_id", pa.string()),
+            ("symbol", pa.string()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("action", pa.string()),
+            ("size", pa.float64()),
+            ("rationale", pa.string()),
+            ("feed", pa.string()),
+            ("source_file", pa.string()),
+            ("source_hash", pa.string()),
+        ]
+    ),
+    "feedback": pa.schema(
+        [
+            ("episode_id", pa.string()),
+            ("step_index", pa.int64()),
+            ("rating", pa.int64()),
+            ("rater_id", pa.string()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("comment", pa.string()),
+            ("feed", pa.string()),
+            ("source_file", pa.string()),
+            ("source_hash", pa.string()),
+        ]
+    ),
+}
+# Rows that repeat one of these keys within a feed and partition day are duplicates: the first
+# in landing order is kept, the others are quarantined with the reason.
+DUPLICATE_KEY: dict[str, tuple[tuple[str, ...], str]] = {
+    "trades": (("symbol", "trade_id"), "duplicate trade_id"),
+    "bars": (("symbol", "ts"), "duplicate bar"),
+    "decisions": (("decision_id",), "duplicate decision_id"),
+    "feedback": (("episode_id", "step_index", "rater_id"), "duplicate feedback"),
 }
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -241,61 +281,94 @@ def day_range(start: str, end: str) -> list[str]:
     return [str(first + timedelta(days=i)) for i in range((last - first).days + 1)]
 
 
-def _rules(kind: str, feed: FeedSpec, constant_symbol: str | None) -> list[tuple[str, str]]:
-    """(condition, reason) pairs; a row's quarantine reason is the first condition that holds.
+def _missing(kind: str) -> list[tuple[str, str]]:
+    """One rule per required column (symbol and ts have their own): NULL, blank text or NaN."""
+    rules = []
+    for column, typ in REQUIRED_COLUMNS[kind].items():
+        if column in ("symbol", "ts"):
+            continue
+        also = f"trim({column}) = ''" if typ == "VARCHAR" else f"isnan({column})"
+        rules.append((f"{column} IS NULL OR {also}", f"'required value missing: {column}'"))
+    return rules
 
-    For a file whose symbol is a constant (from the feed or the file name) the symbol rules are
-    decided once here instead of on every row."""
+
+_OHLC = ("open", "high", "low", "close")
+# Rules of each kind, after the symbol and timestamp rules every kind shares.
+KIND_RULES: dict[str, list[tuple[str, str]]] = {
+    "trades": [
+        ("price IS NULL OR isnan(price)", "'price missing or NaN'"),
+        ("price <= 0 OR NOT isfinite(price)", "'price not positive and finite'"),
+        (
+            "size IS NULL OR isnan(size) OR size < 0 OR NOT isfinite(size)",
+            "'size negative or missing'",
+        ),
+        ("trade_id IS NULL", "'trade_id missing'"),
+    ],
+    "bars": [
+        (" OR ".join(f"{c} IS NULL OR isnan({c})" for c in _OHLC), "'price missing or NaN'"),
+        (
+            " OR ".join(f"{c} <= 0 OR NOT isfinite({c})" for c in _OHLC),
+            "'price not positive and finite'",
+        ),
+        (
+            "volume IS NULL OR isnan(volume) OR volume < 0 OR NOT isfinite(volume)",
+            "'volume negative or missing'",
+        ),
+        (
+            "high < greatest(open, close) OR least(open, close) < low",
+            "'high/low inconsistent with open/close'",
+        ),
+    ],
+    "decisions": [
+        *_missing("decisions"),
+        ("action NOT IN ('buy', 'sell', 'hold')", "'action not buy, sell or hold'"),
+        ("NOT isfinite(size) OR size < 0 OR size > 1", "'size not finite or outside [0, 1]'"),
+        ("action = 'hold' AND size <> 0", "'hold with non-zero size'"),
+    ],
+    "feedback": [
+        *_missing("feedback"),
+        (
+            # Whole and below 2**53 (exact as a DOUBLE, and fits the int64 it is written as).
+            "NOT isfinite(step_index) OR step_index < 1 OR step_index >= 9007199254740992 "
+            "OR step_index <> floor(step_index)",
+            "'step_index not a whole number >= 1'",
+        ),
+        ("rating NOT IN (-1, 0, 1)", "'rating not -1, 0 or 1'"),
+    ],
+}
+
+
+def _symbol_rules(kind: str, feed: FeedSpec, constant_symbol: str | None) -> list[tuple[str, str]]:
+    """For a file whose symbol is a constant (from the feed or the file name) the symbol rules
+    are decided once here instead of on every row. Kinds without a symbol have none."""
+    if "symbol" not in REQUIRED_COLUMNS[kind]:
+        return []
     if feed.source_column("symbol") is None:
         if constant_symbol is None or not SYMBOL_PATTERN.match(constant_symbol):
-            symbol_rules = [("true", "'symbol missing or malformed'")]
-        elif feed.symbols and constant_symbol not in feed.symbols:
-            symbol_rules = [("true", "'unknown symbol'")]
-        else:
-            symbol_rules = []
-    else:
-        symbol_rules = [
-            (
-                "symbol IS NULL OR NOT regexp_matches(symbol, '^[A-Za-z0-9._:/-]{1,32}$')",
-                "'symbol missing or malformed'",
-            )
-        ]
-        if feed.symbols:
-            known = ", ".join(sql_literal(s) for s in feed.symbols)
-            symbol_rules.append((f"symbol NOT IN ({known})", "'unknown symbol'"))
+            return [("true", "'symbol missing or malformed'")]
+        if feed.symbols and constant_symbol not in feed.symbols:
+            return [("true", "'unknown symbol'")]
+        return []
     rules = [
-        *symbol_rules,
+        (
+            "symbol IS NULL OR NOT regexp_matches(symbol, '^[A-Za-z0-9._:/-]{1,32}$')",
+            "'symbol missing or malformed'",
+        )
+    ]
+    if feed.symbols:
+        known = ", ".join(sql_literal(s) for s in feed.symbols)
+        rules.append((f"symbol NOT IN ({known})", "'unknown symbol'"))
+    return rules
+
+
+def _rules(kind: str, feed: FeedSpec, constant_symbol: str | None) -> list[tuple[str, str]]:
+    """(condition, reason) pairs; a row's quarantine reason is the first condition that holds."""
+    return [
+        *_symbol_rules(kind, feed, constant_symbol),
         ("ts IS NULL", "'timestamp missing or unparseable'"),
         (f"{UTC_DATE} <> partition_date", "'timestamp outside partition'"),
+        *KIND_RULES[kind],
     ]
-    if kind == "trades":
-        rules += [
-            ("price IS NULL OR isnan(price)", "'price missing or NaN'"),
-            ("price <= 0 OR NOT isfinite(price)", "'price not positive and finite'"),
-            (
-                "size IS NULL OR isnan(size) OR size < 0 OR NOT isfinite(size)",
-                "'size negative or missing'",
-            ),
-            ("trade_id IS NULL", "'trade_id missing'"),
-        ]
-    else:
-        ohlc = ("open", "high", "low", "close")
-        rules += [
-            (" OR ".join(f"{c} IS NULL OR isnan({c})" for c in ohlc), "'price missing or NaN'"),
-            (
-                " OR ".join(f"{c} <= 0 OR NOT isfinite({c})" for c in ohlc),
-                "'price not positive and finite'",
-            ),
-            (
-                "volume IS NULL OR isnan(volume) OR volume < 0 OR NOT isfinite(volume)",
-                "'volume negative or missing'",
-            ),
-            (
-                "high < greatest(open, close) OR least(open, close) < low",
-                "'high/low inconsistent with open/close'",
-            ),
-        ]
-    return rules
 
 
 def _create_staging(con: duckdb.DuckDBPyConnection, kind: str, files: Sequence[LandedFile]) -> None:
@@ -379,11 +452,13 @@ def _reason_case(kind: str, feed: FeedSpec, constant_symbol: str | None) -> str:
 
 
 def _mark_duplicates(con: duckdb.DuckDBPyConnection, kind: str) -> None:
-    """Quarantine all but the first of rows that repeat a trade id (or a bar) within a feed.
-    'First' is landing order (file path, then line), so a replayed file loses to the original.
-    The repeated keys are found with one hash aggregate; usually there are none."""
-    key = "feed, symbol, " + ("trade_id" if kind == "trades" else "ts")
-    reason = "'duplicate trade_id'" if kind == "trades" else "'duplicate bar'"
+    """Quarantine all but the first of rows that repeat their kind's key (a trade id, a bar, a
+    decision id, a rating of a step by a rater) within a feed and partition day. 'First' is
+    landing order (file path, then line), so a replayed file loses to the original. The
+    repeated keys are found with one hash aggregate; usually there are none."""
+    columns, why = DUPLICATE_KEY[kind]
+    key = ", ".join(("feed", "partition_date", *columns))
+    reason = sql_literal(why)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE repeated AS SELECT {key} FROM staged "
         "WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1"
@@ -407,14 +482,20 @@ def _mark_duplicates(con: duckdb.DuckDBPyConnection, kind: str) -> None:
 
 
 def _raw_columns(kind: str, feeds: dict[str, FeedSpec]) -> str:
-    """The raw table's columns as SQL over ``staged`` (bars take their interval from the feed)."""
+    """The raw table's columns as SQL over ``staged``: bars take their interval from the feed;
+    whole numbers staged as DOUBLE (checked exactly by the rules) are written as int64."""
     cases = " ".join(
         f"WHEN {sql_literal(f.name)} THEN {sql_literal(f.interval)}" for f in feeds.values()
     )
-    return ", ".join(
-        f"CASE CAST(feed AS VARCHAR) {cases} END AS interval" if name == "interval" else name
-        for name in RAW_SCHEMAS[kind].names
-    )
+
+    def column(name: str, typ: pa.DataType) -> str:
+        if name == "interval":
+            return f"CASE CAST(feed AS VARCHAR) {cases} END AS interval"
+        if pa.types.is_integer(typ) and CANONICAL[kind].get(name) == "DOUBLE":
+            return f"CAST({name} AS BIGINT) AS {name}"
+        return name
+
+    return ", ".join(column(f.name, f.type) for f in RAW_SCHEMAS[kind])
 
 
 def _record_sql(kind: str) -> str:

@@ -1,4 +1,5 @@
-"""Ingestion assets: landed files → ``raw_trades`` / ``raw_bars`` daily partitions.
+"""Ingestion assets: landed files → ``raw_trades`` / ``raw_bars`` / ``raw_decisions`` /
+``raw_feedback`` daily partitions (one asset per kind in ``TABLE_OF_KIND``).
 
 What exists (this module) is separate from when it is built (orchestration/sensors.py). The
 heavy lifting is plain Python in assets/ingest.py; these definitions add partitions, lineage,
@@ -30,10 +31,29 @@ OWNERS = ["team:market-data"]
 INGEST_CODE_VERSION = "raw-v1"
 QUARANTINE_WARN_SHARE = 0.01
 
+# What each raw table holds, and what its contract checks beyond types, non-null required
+# columns and timestamps on their partition day.
+WHAT = {
+    "trades": "Validated trades",
+    "bars": "Validated OHLCV bars",
+    "decisions": "Recorded decisions of traders or agents (buy, sell or hold a size in [0, 1])",
+    "feedback": "Expert process feedback: a rating in {-1, 0, +1} of one reasoning step of an "
+    "episode (PRM800K-style)",
+}
+CONTRACT_RULES = {
+    "trades": "prices > 0, sizes >= 0, sides buy/sell/unknown, unique trade ids per feed and "
+    "symbol, known symbols",
+    "bars": "prices > 0, volume >= 0, OHLC envelope, one bar per feed, symbol and time, "
+    "known symbols",
+    "decisions": "action buy/sell/hold, size in [0, 1] and 0 for hold, unique decision ids per "
+    "feed, known symbols",
+    "feedback": "rating in {-1, 0, 1}, step_index >= 1, one rating per feed, episode, step and "
+    "rater",
+}
 CHECKS = {
     "contract": "Every accepted row satisfies the pandera contract of the raw table "
-    "(types, prices > 0, sizes >= 0, OHLC envelope, timestamp on its partition day, unique ids, "
-    "known symbols). Blocking: downstream assets do not run on a failure.",
+    "(types, required values, timestamp on its partition day, {rules}). Blocking: downstream "
+    "assets do not run on a failure.",
     "nothing_lost": "For every landed file, rows accepted into raw/ plus rows in quarantine/ "
     "(counted back from the written Parquet) equal the rows read. Blocking.",
     "quarantine_rate": f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of the rows read were "
@@ -188,7 +208,8 @@ def _check_results(
 
 
 def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinition:
-    """``raw_trades`` or ``raw_bars``: daily partitions built from every landed file of the day."""
+    """``raw_<kind>`` (see ``TABLE_OF_KIND``): daily partitions built from every landed file of
+    the day."""
     name = TABLE_OF_KIND[kind]
     column_schema = pandera_schema_to_dagster_type(raw_schema(kind, with_partition=False)).metadata[
         "schema"
@@ -197,7 +218,7 @@ def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinitio
     @dg.asset(
         name=name,
         description=(
-            f"Validated {kind} as Parquet, one file per UTC day under raw/{kind}/date=YYYY-MM-DD/, "
+            f"{WHAT[kind]} as Parquet, one file per UTC day under raw/{kind}/date=YYYY-MM-DD/, "
             "built from every landed file touching that day. Each row carries its feed, source "
             f"file and the file's SHA-256. Rejected rows go to quarantine/{kind}/ with a reason."
         ),
@@ -213,7 +234,10 @@ def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinitio
         metadata={"dagster/column_schema": column_schema},
         check_specs=[
             dg.AssetCheckSpec(
-                check, asset=name, description=text, blocking=check in ("contract", "nothing_lost")
+                check,
+                asset=name,
+                description=text.replace("{rules}", CONTRACT_RULES[kind]),
+                blocking=check in ("contract", "nothing_lost"),
             )
             for check, text in CHECKS.items()
         ],

@@ -87,11 +87,15 @@ class Step:
     kind: str
     text: str
     claim: str
+    # The action this step commits the trace to under the policy's rule: None for observations
+    # and for inferences that leave it open; a decision step implies its own action.
+    implies: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "step_index": self.step_index,
             "kind": self.kind,
+            "implies": self.implies,
             "text": self.text,
             "claim": self.claim,
         }
@@ -189,7 +193,7 @@ def _size(policy: Policy, s: float) -> float:
 
 def _decision_step(index: int, action: str, size: float) -> Step:
     text = "hold: no trade" if action == "hold" else f"{action} {fixed(size, 4)} of capital"
-    return Step(index, "decision", text, f"action={action};size={fixed(size, 4)}")
+    return Step(index, "decision", text, f"action={action};size={fixed(size, 4)}", action)
 
 
 # ---------------------------------------------------------------- the rules
@@ -215,7 +219,7 @@ def _momentum_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
             f"Regime is {f['regime']}; the close is {pct(f['trend_gap_50'])} from its 50-bar mean.",
             f"regime={f['regime']};trend_gap_50={fixed(f['trend_gap_50'], 6)}",
         ),
-        Step(4, "inference", text, _band_claim("momentum_sigma", s, k)),
+        Step(4, "inference", text, _band_claim("momentum_sigma", s, k), action),
     ]
     return action, _size(p, s) if action != "hold" else 0.0, steps
 
@@ -245,7 +249,7 @@ def _mean_reversion_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, lis
             f"the {which} move is the larger.",
             f"move_1_sigma={fixed(z1, 4)};move_5_sigma={fixed(z5, 4)}",
         ),
-        Step(5, "inference", text, _band_claim("stretch_sigma", s, k)),
+        Step(5, "inference", text, _band_claim("stretch_sigma", s, k), action),
     ]
     return action, _size(p, s) if action != "hold" else 0.0, steps
 
@@ -310,8 +314,14 @@ def _breakout_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
             f"The bar's high-low range is {upct(f['range_pct'])} of the close.",
         ),
         volume_step,
-        Step(5, "inference", trend_text, _band_claim("trend_sigma", s, k)),
-        Step(6, "inference", confirm_text, confirm_claim),
+        Step(
+            5,
+            "inference",
+            trend_text,
+            _band_claim("trend_sigma", s, k),
+            {"up": "buy", "down": "sell", "inside": "hold"}[band],
+        ),
+        Step(6, "inference", confirm_text, confirm_claim, None if confirmed else "hold"),
     ]
     return action, _size(p, s) if action != "hold" else 0.0, steps
 
@@ -334,7 +344,7 @@ def _risk_off_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
     steps = [
         Step(1, "observation", f"Regime is {f['regime']}.", f"regime={f['regime']}"),
         _vol_step(2, f["vol_20"]),
-        Step(3, "inference", text, claim),
+        Step(3, "inference", text, claim, action),
     ]
     return action, as_rendered(p["size_cap"], 4) if action == "sell" else 0.0, steps
 

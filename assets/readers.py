@@ -46,6 +46,28 @@ CANONICAL: dict[str, dict[str, str]] = {
         "volume": "DOUBLE",
         "adj_close": "DOUBLE",
     },
+    "decisions": {
+        "decision_id": "VARCHAR",
+        "agent_id": "VARCHAR",
+        "symbol": "VARCHAR",
+        "ts": "TIMESTAMPTZ",
+        "action": "VARCHAR",
+        "size": "DOUBLE",
+        "rationale": "VARCHAR",
+    },
+    "feedback": {
+        "episode_id": "VARCHAR",
+        "step_index": "DOUBLE",
+        "rating": "DOUBLE",
+        "rater_id": "VARCHAR",
+        "ts": "TIMESTAMPTZ",
+        "comment": "VARCHAR",
+    },
+}
+# Canonical columns normalised on read (``{}`` is the file's column); others are TRY_CAST to
+# their canonical type. An action read as " BUY " is "buy"; a blank one is missing (NULL).
+NORMALISE: dict[str, str] = {
+    "action": "nullif(lower(trim(CAST({} AS VARCHAR))), '')",
 }
 
 
@@ -222,20 +244,21 @@ def select_canonical(feed: FeedSpec, local: Path, filename: str) -> tuple[str, b
             feed.name, filename, f"missing columns {missing}; found {present[:12]}{hint}"
         )
 
-    constant_symbol = feed.symbol_for_file(filename)
-    symbol = cols["symbol"] or sql_literal(constant_symbol)
-    exprs = {
-        "symbol": f"CAST({symbol} AS VARCHAR)",
-        "ts": timestamp_expr(feed, f"CAST({cols['ts']} AS VARCHAR)"),
-    }
+    exprs = {"ts": timestamp_expr(feed, f"CAST({cols['ts']} AS VARCHAR)")}
+    if "symbol" in CANONICAL[kind]:
+        symbol = cols["symbol"] or sql_literal(feed.symbol_for_file(filename))
+        exprs["symbol"] = f"CAST({symbol} AS VARCHAR)"
     for canonical, typ in CANONICAL[kind].items():
         if canonical in exprs:
             continue
         if canonical == "side":
             exprs["side"] = _side_expr(feed, cols)
+        elif cols.get(canonical) and canonical in NORMALISE:
+            exprs[canonical] = NORMALISE[canonical].format(cols[canonical])
         elif cols.get(canonical):
             exprs[canonical] = f"TRY_CAST({cols[canonical]} AS {typ})"
         else:
             exprs[canonical] = f"CAST(NULL AS {typ})"
-    select = ", ".join(f"{expr} AS {name}" for name, expr in exprs.items())
+    # In the canonical order (the staging table's).
+    select = ", ".join(f"{exprs[name]} AS {name}" for name in CANONICAL[kind])
     return f"SELECT {select} FROM {source}", uses_rejects

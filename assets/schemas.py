@@ -28,6 +28,8 @@ UTC_TS = pd.DatetimeTZDtype("us", "UTC")
 TEXT = pd.StringDtype("pyarrow")
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 POSITIVE = [pa.Check.gt(0), pa.Check(lambda s: s.abs() < float("inf"), name="finite")]
+# Required text: not empty nor only blanks (the rules quarantine those as missing).
+NOT_BLANK = pa.Check(lambda s: s.str.strip().str.len() > 0, name="not_blank")
 
 COLUMNS: dict[str, dict[str, pa.Column]] = {
     "trades": {
@@ -51,6 +53,37 @@ COLUMNS: dict[str, dict[str, pa.Column]] = {
         "volume": pa.Column(float, pa.Check.ge(0), description="Traded volume, >= 0"),
         "adj_close": pa.Column(float, nullable=True, description="Split/dividend-adjusted close"),
     },
+    "decisions": {
+        "decision_id": pa.Column(
+            TEXT, NOT_BLANK, description="Decision id, unique per feed and day"
+        ),
+        "agent_id": pa.Column(TEXT, NOT_BLANK, description="Trader or agent that decided"),
+        "symbol": pa.Column(TEXT, pa.Check.str_length(1, 32), description="Instrument"),
+        "ts": pa.Column(UTC_TS, description="When the decision was taken, UTC, microseconds"),
+        "action": pa.Column(
+            TEXT, pa.Check.isin(["buy", "sell", "hold"]), description="buy, sell or hold"
+        ),
+        "size": pa.Column(
+            float,
+            pa.Check.in_range(0, 1),
+            description="Fraction of the position or budget, in [0, 1]; 0 for hold",
+        ),
+        "rationale": pa.Column(TEXT, nullable=True, description="Free-text rationale, optional"),
+    },
+    "feedback": {
+        "episode_id": pa.Column(TEXT, NOT_BLANK, description="Episode whose step is rated"),
+        "step_index": pa.Column(
+            "int64", pa.Check.ge(1), description="Rated reasoning step, from 1"
+        ),
+        "rating": pa.Column(
+            "int64",
+            pa.Check.isin([-1, 0, 1]),
+            description="Expert rating of the step: -1 bad, 0 neutral, +1 good",
+        ),
+        "rater_id": pa.Column(TEXT, NOT_BLANK, description="Expert who rated"),
+        "ts": pa.Column(UTC_TS, description="When the rating was given, UTC, microseconds"),
+        "comment": pa.Column(TEXT, nullable=True, description="Rater's comment, optional"),
+    },
 }
 LINEAGE = {
     "feed": pa.Column(TEXT, description="Declared feed the row came from"),
@@ -66,7 +99,32 @@ LINEAGE = {
         description="SHA-256 of the landed file's bytes",
     ),
 }
-UNIQUE_KEY = {"trades": ["feed", "symbol", "trade_id"], "bars": ["feed", "symbol", "ts"]}
+UNIQUE_KEY = {
+    "trades": ["feed", "symbol", "trade_id"],
+    "bars": ["feed", "symbol", "ts"],
+    "decisions": ["feed", "decision_id"],
+    "feedback": ["feed", "episode_id", "step_index", "rater_id"],
+}
+# Checks across columns of a row, per kind.
+ROW_CHECKS: dict[str, list[pa.Check]] = {
+    "bars": [
+        pa.Check(
+            lambda df: (
+                (df["high"] >= df[["open", "close"]].max(axis=1))
+                & (df[["open", "close"]].min(axis=1) >= df["low"])
+            ),
+            name="high_low_envelope",
+            error="high >= max(open, close) >= min(open, close) >= low",
+        )
+    ],
+    "decisions": [
+        pa.Check(
+            lambda df: (df["action"] != "hold") | (df["size"] == 0),
+            name="hold_has_zero_size",
+            error="a hold decision has size 0",
+        )
+    ],
+}
 
 
 def _ts_on_partition_day(df: pd.DataFrame) -> pd.Series:
@@ -83,20 +141,9 @@ def raw_schema(
     """The contract of ``raw_<kind>``. ``with_partition`` adds the ``partition_date`` column
     (taken from each file's path when partitions are read together): timestamps must fall on
     it and rows are unique per partition."""
-    checks = []
-    if kind == "bars":
-        checks.append(
-            pa.Check(
-                lambda df: (
-                    (df["high"] >= df[["open", "close"]].max(axis=1))
-                    & (df[["open", "close"]].min(axis=1) >= df["low"])
-                ),
-                name="high_low_envelope",
-                error="high >= max(open, close) >= min(open, close) >= low",
-            )
-        )
+    checks = list(ROW_CHECKS.get(kind, []))
     known = {name: set(f.symbols) for name, f in (feeds or {}).items() if f.symbols}
-    if known:
+    if known and "symbol" in COLUMNS[kind]:
         checks.append(
             pa.Check(
                 # Decided per distinct (feed, symbol) pair, then broadcast to the rows.

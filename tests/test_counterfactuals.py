@@ -107,7 +107,11 @@ def start_plan(work: Path, name: str, steps: list[tuple[str, str, Path, date, da
     after the other in one shell subprocess on the warehouse <name>.duckdb; a step with an
     export name copies int_counterfactuals to <export>.parquet afterwards. Kind "build" runs
     every data test too, "quick" none."""
-    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env = {
+        **os.environ,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DBT_INDIRECT_SELECTION": "cautious",
+    }
     warehouse = work / f"{name}.duckdb"
     env["DD_WAREHOUSE_PATH"] = str(warehouse)
     commands = []

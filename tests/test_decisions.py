@@ -505,24 +505,28 @@ def test_oracle_trace_sample() -> None:
         {
             "step_index": 1,
             "kind": "observation",
+            "implies": None,
             "text": "20-bar log return is +14.00%.",
             "claim": "ret_20=0.140000",
         },
         {
             "step_index": 2,
             "kind": "observation",
+            "implies": None,
             "text": "20-bar volatility is 1.20% per bar.",
             "claim": "vol_20=0.012000",
         },
         {
             "step_index": 3,
             "kind": "observation",
+            "implies": None,
             "text": "Regime is up_calm; the close is +0.30% from its 50-bar mean.",
             "claim": "regime=up_calm;trend_gap_50=0.003000",
         },
         {
             "step_index": 4,
             "kind": "inference",
+            "implies": "buy",
             "text": "20-bar momentum is +2.61 sigma, above the +1.00 sigma entry band: "
             "the trend is up.",
             "claim": "momentum_sigma=2.6087>1.0000",
@@ -530,6 +534,7 @@ def test_oracle_trace_sample() -> None:
         {
             "step_index": 5,
             "kind": "decision",
+            "implies": "buy",
             "text": "buy 0.5217 of capital",
             "claim": "action=buy;size=0.5217",
         },

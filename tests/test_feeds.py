@@ -20,6 +20,20 @@ from assets.readers import FileReadError, select_canonical
 
 REPO = Path(__file__).resolve().parents[1]
 TRADE_COLUMNS = {"ts": "time", "trade_id": "id", "price": "px", "size": "qty"}
+DECISION_COLUMNS = {
+    "decision_id": "id",
+    "agent_id": "agent",
+    "ts": "time",
+    "action": "act",
+    "size": "frac",
+}
+FEEDBACK_COLUMNS = {
+    "episode_id": "ep",
+    "step_index": "step",
+    "rating": "r",
+    "rater_id": "who",
+    "ts": "time",
+}
 
 
 def entry(**overrides: Any) -> dict[str, Any]:
@@ -40,7 +54,7 @@ def entry(**overrides: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def test_repository_feeds_file() -> None:
     feeds = load_feeds(REPO / "feeds.yaml")
-    assert list(feeds) == ["bokeh-stocks", "sim-trades"]
+    assert list(feeds) == ["bokeh-stocks", "sim-trades", "recorded-decisions", "expert-feedback"]
 
     stocks = feeds["bokeh-stocks"]
     assert (stocks.kind, stocks.format, stocks.interval, stocks.header) == (
@@ -70,6 +84,16 @@ def test_repository_feeds_file() -> None:
     assert sim.date_for_file("BTCUSDT-trades-2024-01-02.csv") == "2024-01-02"
     assert sim.symbol_for_file("btc-trades.csv") is None
     assert sim.date_for_file("BTCUSDT-trades.csv") is None
+
+    decisions = feeds["recorded-decisions"]
+    assert (decisions.kind, decisions.format, decisions.symbols) == ("decisions", "csv", ())
+    assert decisions.source_column("agent_id") == "agent"
+    assert decisions.source_column("rationale") == "why"
+    assert decisions.timestamp == TimestampSpec()
+    feedback = feeds["expert-feedback"]
+    assert (feedback.kind, feedback.format, feedback.symbol) == ("feedback", "csv", None)
+    assert feedback.source_column("step_index") == "step"
+    assert feedback.timestamp == TimestampSpec(format="%Y-%m-%d %H:%M:%S", timezone="UTC")
 
 
 def test_parse_feed_defaults_and_fields() -> None:
@@ -114,8 +138,21 @@ def test_parse_feed_defaults_and_fields() -> None:
         )
     )
     assert (parquet.symbols, parquet.timestamp.unit) == (("A", "B"), "ns")
-    # Decisions and feedback need no column mapping (no raw table yet).
-    assert parse_feed({"name": "d", "kind": "decisions", "format": "parquet"}).kind == "decisions"
+    # Decisions take a constant symbol like bars; feedback has no symbol at all.
+    decisions = parse_feed(
+        {
+            "name": "d",
+            "kind": "decisions",
+            "format": "parquet",
+            "symbol": "AAPL",
+            "columns": dict(DECISION_COLUMNS),
+        }
+    )
+    assert (decisions.kind, decisions.symbol_for_file("x.parquet")) == ("decisions", "AAPL")
+    feedback = parse_feed(
+        {"name": "f", "kind": "feedback", "format": "csv", "columns": dict(FEEDBACK_COLUMNS)}
+    )
+    assert (feedback.kind, feedback.symbols, feedback.symbol) == ("feedback", (), None)
 
 
 BAD_ENTRIES = {
@@ -124,6 +161,37 @@ BAD_ENTRIES = {
     "missing_kind": (entry(kind=None), "kind must be one of"),
     "bad_format": (entry(format="xlsx"), "format must be one of"),
     "binance_bars": (entry(kind="bars", format="binance-trades"), "holds trades, not bars"),
+    "binance_decisions": (
+        entry(kind="decisions", format="binance-trades"),
+        "holds trades, not decisions",
+    ),
+    "binance_feedback": (
+        entry(kind="feedback", format="binance-trades", symbol=None),
+        "holds trades, not feedback",
+    ),
+    "decisions_unmapped": (
+        entry(
+            kind="decisions",
+            columns={k: v for k, v in DECISION_COLUMNS.items() if k != "action"},
+        ),
+        "columns must map ['action']",
+    ),
+    "decisions_no_symbol": (
+        entry(kind="decisions", symbol=None, columns=DECISION_COLUMNS),
+        "map a 'symbol' column",
+    ),
+    "feedback_unmapped": (
+        entry(kind="feedback", symbol=None, columns={"ts": "time", "rating": "r"}),
+        "columns must map ['episode_id', 'rater_id', 'step_index']",
+    ),
+    "feedback_with_symbols": (
+        entry(kind="feedback", symbol=None, columns=FEEDBACK_COLUMNS, symbols=["AAPL"]),
+        "kind feedback has no symbol; remove ['symbols']",
+    ),
+    "feedback_with_symbol_column": (
+        entry(kind="feedback", symbol=None, columns={**FEEDBACK_COLUMNS, "symbol": "s"}),
+        "kind feedback has no symbol; remove ['columns.symbol']",
+    ),
     "timestamp_not_mapping": (entry(timestamp="ms"), "'timestamp' must be a mapping"),
     "timestamp_unknown_key": (entry(timestamp={"zone": "UTC"}), "unknown timestamp keys"),
     "timestamp_bad_unit": (entry(timestamp={"unit": "minutes"}), "timestamp.unit must be one of"),
@@ -576,12 +644,203 @@ def test_unreadable_parquet(tmp_path: Path) -> None:
         select_canonical(feed, empty, "empty.parquet")
 
 
-def test_kinds_without_a_raw_table_are_refused(tmp_path: Path) -> None:
-    feed = parse_feed({"name": "d", "kind": "decisions", "format": "parquet"})
-    path = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"a": [1]}), path)
-    with pytest.raises(FileReadError, match="has no raw table yet"):
-        select_canonical(feed, path, "d.parquet")
+def decisions_feed(fmt: str = "csv", **overrides: Any) -> FeedSpec:
+    return parse_feed(
+        {
+            "name": "journal",
+            "kind": "decisions",
+            "format": fmt,
+            "columns": {**DECISION_COLUMNS, "symbol": "sym", "rationale": "why"},
+            **overrides,
+        }
+    )
+
+
+def feedback_feed(fmt: str = "csv", **overrides: Any) -> FeedSpec:
+    return parse_feed(
+        {
+            "name": "prm",
+            "kind": "feedback",
+            "format": fmt,
+            "columns": {**FEEDBACK_COLUMNS, "comment": "note"},
+            **overrides,
+        }
+    )
+
+
+def test_decisions_csv_reader(tmp_path: Path) -> None:
+    feed = decisions_feed(timestamp={"timezone": "America/New_York"})
+    path = tmp_path / "decisions.csv"
+    path.write_text(
+        "why,frac,act,time,sym,agent,id,unused\n"  # any order, an unmapped column
+        '"breakout, volume up",0.25, BUY ,2024-01-02 09:31:00,AAPL,alice,d1,x\n'  # naive: NY
+        ",0,Hold,2024-01-02T15:00:00Z,MSFT,bob,d2,x\n"
+        "  ,1,sell,2024-01-02T15:00:00+01:00,IBM,alice,d3,x\n"
+        ",0.5,,garbage,IBM,,d4,x\n"
+        ",abc,buy,2024-01-02T15:00:00Z,IBM,bob,d5,x\n"  # not a number: a reject
+    )
+    rows, rejects = read(feed, path)
+    assert rejects == [(6, "CAST")]
+    assert rows == [
+        {
+            "decision_id": "d1",
+            "agent_id": "alice",
+            "symbol": "AAPL",
+            "ts": utc(2024, 1, 2, 14, 31),
+            "action": "buy",  # trimmed and lower-cased
+            "size": 0.25,
+            "rationale": "breakout, volume up",
+        },
+        {
+            "decision_id": "d2",
+            "agent_id": "bob",
+            "symbol": "MSFT",
+            "ts": utc(2024, 1, 2, 15),
+            "action": "hold",
+            "size": 0.0,
+            "rationale": None,
+        },
+        {
+            "decision_id": "d3",
+            "agent_id": "alice",
+            "symbol": "IBM",
+            "ts": utc(2024, 1, 2, 14),
+            "action": "sell",
+            "size": 1.0,
+            "rationale": "  ",  # free text, kept as written
+        },
+        {
+            "decision_id": "d4",
+            "agent_id": None,
+            "symbol": "IBM",
+            "ts": None,
+            "action": None,  # blank: missing
+            "size": 0.5,
+            "rationale": None,
+        },
+    ]
+
+
+def test_decisions_parquet_reader_with_constant_symbol(tmp_path: Path) -> None:
+    columns = {**DECISION_COLUMNS, "ts": "at"}
+    feed = parse_feed(
+        {
+            "name": "agent-log",
+            "kind": "decisions",
+            "format": "parquet",
+            "symbol_from_filename": r"^(?P<symbol>[A-Z]+)-",
+            "columns": columns,
+        }
+    )
+    table = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),  # numeric ids are read as text
+            "agent": ["a1", "a1"],
+            "at": pa.array([utc(2024, 1, 2, 9), utc(2024, 1, 3, 9)], pa.timestamp("ns", "UTC")),
+            "act": ["SELL", "hold"],
+            "frac": pa.array([0.5, 0], pa.float32()),
+        }
+    )
+    path = tmp_path / "x.parquet"
+    pq.write_table(table, path)
+    rows, rejects = read(feed, path, name="AAPL-2024.parquet")
+    assert rejects == []
+    assert rows == [
+        {
+            "decision_id": "1",
+            "agent_id": "a1",
+            "symbol": "AAPL",
+            "ts": utc(2024, 1, 2, 9),
+            "action": "sell",
+            "size": 0.5,
+            "rationale": None,  # optional, not mapped
+        },
+        {
+            "decision_id": "2",
+            "agent_id": "a1",
+            "symbol": "AAPL",
+            "ts": utc(2024, 1, 3, 9),
+            "action": "hold",
+            "size": 0.0,
+            "rationale": None,
+        },
+    ]
+
+
+def test_feedback_csv_reader(tmp_path: Path) -> None:
+    feed = feedback_feed(timestamp={"unit": "s"})
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "ep,step,r,who,time,note\n"
+        "ep-1,1,1,exp-7,1704187800,fine\n"
+        "ep-1,2,-1,exp-7,1704187801,\n"
+        'ep-1,3,+1,exp-7,1704187802,"says ""why"""\n'
+        "ep-1,4,0.5,exp-7,1704187803,\n"  # read as is: the rules quarantine it
+        "ep-1,x,1,exp-7,1704187804,\n"
+    )
+    rows, rejects = read(feed, path)
+    assert rejects == [(6, "CAST")]
+    assert [(r["step_index"], r["rating"], r["comment"]) for r in rows] == [
+        (1.0, 1.0, "fine"),
+        (2.0, -1.0, None),
+        (3.0, 1.0, 'says "why"'),
+        (4.0, 0.5, None),
+    ]
+    assert rows[0] == {
+        "episode_id": "ep-1",
+        "step_index": 1.0,
+        "rating": 1.0,
+        "rater_id": "exp-7",
+        "ts": utc(2024, 1, 2, 9, 30),
+        "comment": "fine",
+    }
+    assert "symbol" not in rows[0]
+
+
+def test_feedback_parquet_reader(tmp_path: Path) -> None:
+    feed = feedback_feed("parquet")
+    table = pa.table(
+        {
+            "ep": ["ep-1", "ep-2"],
+            "step": pa.array([1, 2], pa.int32()),
+            "r": pa.array([-1, 0], pa.int8()),
+            "who": ["exp-1", "exp-2"],
+            "time": ["2024-01-02T10:00:00Z", "2024-01-02 11:00:00"],  # text, naive is UTC
+            "note": [None, "ok"],
+        }
+    )
+    path = tmp_path / "f.parquet"
+    pq.write_table(table, path)
+    rows, rejects = read(feed, path)
+    assert rejects == []
+    assert rows == [
+        {
+            "episode_id": "ep-1",
+            "step_index": 1.0,
+            "rating": -1.0,
+            "rater_id": "exp-1",
+            "ts": utc(2024, 1, 2, 10),
+            "comment": None,
+        },
+        {
+            "episode_id": "ep-2",
+            "step_index": 2.0,
+            "rating": 0.0,
+            "rater_id": "exp-2",
+            "ts": utc(2024, 1, 2, 11),
+            "comment": "ok",
+        },
+    ]
+
+
+def test_new_kinds_name_their_missing_columns(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text("ep,step,who,time\nep-1,1,exp,2024-01-02T00:00:00Z\n")
+    with pytest.raises(FileReadError, match=r"missing columns \['r'\]"):
+        select_canonical(feedback_feed(), path, "f.csv")
+    path.write_text("id,agent,time,act,frac\nd1,a,2024-01-02T00:00:00Z,buy,1\n")
+    with pytest.raises(FileReadError, match=r"missing columns \['sym'\]"):
+        select_canonical(decisions_feed(), path, "f.csv")
 
 
 def test_gzip_reader_reads_everything(tmp_path: Path) -> None:

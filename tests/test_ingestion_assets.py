@@ -223,3 +223,164 @@ def test_sensor_reports_unreadable_files_without_requesting(local_storage, tmp_p
     (event,) = result.asset_events
     assert event.metadata["readable"].value is False
     assert "empty" in event.metadata["error"].value
+
+
+# ------------------------------------------------------------------------------------------
+# Decisions and feedback: the example feeds of feeds.yaml
+# ------------------------------------------------------------------------------------------
+DECISIONS_CSV = (
+    "decision_id,agent,ticker,decided_at,action,size,why\n"
+    "d-0001,alice,AAPL,2024-01-02T14:31:05Z,BUY,0.25,breakout above the 20-day high\n"
+    "d-0002,alice,MSFT,2024-01-02T14:32:00Z,hold,0,\n"
+    "d-0003,bob,IBM,2024-01-02T15:00:00Z,sell,1.5,too big\n"  # quarantined: size
+    "d-0001,bob,IBM,2024-01-02T15:01:00Z,sell,0.5,\n"  # quarantined: duplicate decision_id
+    "d-0004,bob,IBM,2024-01-03T09:00:00Z,sell,0.5,\n"  # another day
+)
+FEEDBACK_CSV = (
+    "episode_id,step,rating,rater,rated_at,comment\n"
+    "ep-0001,1,1,expert-7,2024-02-01 10:00:00,sound use of the 20-day range\n"
+    "ep-0001,2,-1,expert-7,2024-02-01 10:00:30,ignores the earnings date\n"
+    "ep-0001,3,0,expert-7,2024-02-01 10:01:00,\n"
+    "ep-0001,4,2,expert-7,2024-02-01 10:01:30,\n"  # quarantined: rating
+)
+
+
+def _land_text(storage: Storage, tmp_path: Path, feed: str, name: str, text: str) -> str:
+    local = tmp_path / name
+    local.write_text(text)
+    rel, _ = land_file(storage, load_feeds(FEEDS_FILE)[feed], local)
+    return rel
+
+
+def test_definitions_have_a_raw_asset_per_kind():
+    _, raw_assets = build_ingestion_definitions(load_feeds(FEEDS_FILE))
+    by_key = {a.key.to_user_string(): a for a in raw_assets}
+    assert sorted(by_key) == ["raw_bars", "raw_decisions", "raw_feedback", "raw_trades"]
+    for name, feed in (
+        ("raw_decisions", "recorded-decisions"),
+        ("raw_feedback", "expert-feedback"),
+    ):
+        asset = by_key[name]
+        assert asset.backfill_policy == dg.BackfillPolicy.single_run()
+        assert asset.partitions_def == by_key["raw_bars"].partitions_def
+        assert asset.op.pool == f"{name}_writer"
+        assert {c.name for c in asset.check_specs} == {
+            "contract",
+            "nothing_lost",
+            "quarantine_rate",
+            "landed_files_readable",
+        }
+        assert {d.asset_key for d in asset.specs_by_key[asset.key].deps} == {
+            dg.AssetKey(["landing", feed])
+        }
+    assert (
+        "Recorded decisions"
+        in by_key["raw_decisions"].descriptions_by_key[dg.AssetKey("raw_decisions")]
+    )
+    assert "rating" in by_key["raw_feedback"].descriptions_by_key[dg.AssetKey("raw_feedback")]
+    contract = next(c for c in by_key["raw_feedback"].check_specs if c.name == "contract")
+    assert "step_index >= 1" in contract.description and "OHLC" not in contract.description
+
+
+def test_materialize_raw_decisions_partition(local_storage, tmp_path):
+    _land_text(local_storage, tmp_path, "recorded-decisions", "journal.csv", DECISIONS_CSV)
+    result = dg.materialize(
+        [_raw_asset(FEEDS_FILE, "raw_decisions")],
+        resources=_resources(local_storage, FEEDS_FILE),
+        partition_key="2024-01-02",
+    )
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("raw_decisions")
+    assert mat.partition == "2024-01-02"
+    assert mat.metadata["dagster/row_count"].value == 2
+    assert mat.metadata["rows_read"].value == 4  # the row of 2024-01-03 is not this partition's
+    assert mat.metadata["quarantine_reasons"].value == {
+        "size not finite or outside [0, 1]": 1,
+        "duplicate decision_id": 1,
+    }
+    checks = _check_results(result)
+    assert checks["contract"].passed and checks["nothing_lost"].passed
+    assert checks["landed_files_readable"].passed
+    table = pq.read_table(local_storage.uri("raw/decisions/date=2024-01-02/data.parquet"))
+    assert table.schema.remove_metadata() == ingest.RAW_SCHEMAS["decisions"]
+    assert table.select(["decision_id", "action", "size", "rationale"]).to_pylist() == [
+        {
+            "decision_id": "d-0001",
+            "action": "buy",
+            "size": 0.25,
+            "rationale": "breakout above the 20-day high",
+        },
+        {"decision_id": "d-0002", "action": "hold", "size": 0.0, "rationale": None},
+    ]
+    assert mat.tags["dagster/data_version"] == ingest.sha256_file(
+        Path(local_storage.uri("raw/decisions/date=2024-01-02/data.parquet"))
+    )
+
+
+def test_materialize_raw_feedback_partition(local_storage, tmp_path):
+    _land_text(local_storage, tmp_path, "expert-feedback", "ratings.csv", FEEDBACK_CSV)
+    result = dg.materialize(
+        [_raw_asset(FEEDS_FILE, "raw_feedback")],
+        resources=_resources(local_storage, FEEDS_FILE),
+        partition_key="2024-02-01",
+    )
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("raw_feedback")
+    assert mat.metadata["dagster/row_count"].value == 3
+    assert mat.metadata["quarantine_reasons"].value == {"rating not -1, 0 or 1": 1}
+    checks = _check_results(result)
+    assert checks["contract"].passed and checks["nothing_lost"].passed
+    table = pq.read_table(local_storage.uri("raw/feedback/date=2024-02-01/data.parquet"))
+    assert table.schema.remove_metadata() == ingest.RAW_SCHEMAS["feedback"]
+    assert table.select(["episode_id", "step_index", "rating", "rater_id"]).to_pylist() == [
+        {"episode_id": "ep-0001", "step_index": 1, "rating": 1, "rater_id": "expert-7"},
+        {"episode_id": "ep-0001", "step_index": 2, "rating": -1, "rater_id": "expert-7"},
+        {"episode_id": "ep-0001", "step_index": 3, "rating": 0, "rater_id": "expert-7"},
+    ]
+    with local_storage.local_copy("quarantine/feedback/date=2024-02-01/data.parquet") as local:
+        (bad,) = pq.read_table(local).to_pylist()
+    assert (bad["reason"], json.loads(bad["record"])["rating"]) == ("rating not -1, 0 or 1", 2)
+
+
+def test_blocking_contract_check_catches_a_feedback_rule_bug(monkeypatch, local_storage, tmp_path):
+    """A seeded bug (the rating rule dropped) lets a rating of 2 through the SQL rules; the
+    pandera contract catches it and the blocking check fails."""
+    _land_text(local_storage, tmp_path, "expert-feedback", "ratings.csv", FEEDBACK_CSV)
+    real_rules = ingest._rules
+    monkeypatch.setattr(
+        ingest,
+        "_rules",
+        lambda kind, feed, sym: [r for r in real_rules(kind, feed, sym) if "rating" not in r[1]],
+    )
+    result = dg.materialize(
+        [_raw_asset(FEEDS_FILE, "raw_feedback")],
+        resources=_resources(local_storage, FEEDS_FILE),
+        partition_key="2024-02-01",
+        raise_on_error=False,
+    )
+    checks = _check_results(result)
+    assert not checks["contract"].passed
+    assert checks["contract"].metadata["failures_by_check"].value == {"isin([-1, 0, 1])": 1}
+    assert checks["nothing_lost"].passed
+
+
+def test_sensor_routes_decisions_and_feedback_to_their_tables(local_storage, tmp_path):
+    decisions = _land_text(
+        local_storage, tmp_path, "recorded-decisions", "journal.csv", DECISIONS_CSV
+    )
+    result = _tick(local_storage, FEEDS_FILE, None)
+    (request,) = result.run_requests
+    assert request.asset_selection == [dg.AssetKey("raw_decisions")]
+    assert (
+        request.tags[ASSET_PARTITION_RANGE_START_TAG],
+        request.tags[ASSET_PARTITION_RANGE_END_TAG],
+    ) == ("2024-01-02", "2024-01-03")
+    (event,) = result.asset_events
+    assert event.asset_key == dg.AssetKey(["landing", "recorded-decisions"])
+    assert event.metadata["path"].value == decisions
+
+    _land_text(local_storage, tmp_path, "expert-feedback", "ratings.csv", FEEDBACK_CSV)
+    more = _tick(local_storage, FEEDS_FILE, result.cursor)
+    (request,) = more.run_requests
+    assert request.asset_selection == [dg.AssetKey("raw_feedback")]
+    assert request.partition_key == "2024-02-01"

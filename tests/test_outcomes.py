@@ -197,7 +197,11 @@ def start_plan(name: str, steps: list[dict], work: Path) -> subprocess.Popen:
     }
     plan_file = work / f"plan_{name}.json"
     plan_file.write_text(json.dumps(plan))
-    env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env = {
+        **os.environ,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DBT_INDIRECT_SELECTION": "cautious",
+    }
     return subprocess.Popen(
         [sys.executable, "-c", _RUNNER, str(plan_file)],
         env=env,

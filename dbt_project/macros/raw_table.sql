@@ -1,6 +1,6 @@
 {#-
-  The raw Parquet partitions of one table (`bars` or `trades`) under the storage root, limited
-  to [first_date, last_date]. The date= folder is the partition; reading only the files in the
+  The raw Parquet partitions of one table (bars, trades, decisions or feedback) under the
+  storage root, limited to [first_date, last_date]. The date= folder is the partition; reading only the files in the
   window keeps a one-day build from scanning 13 years. When no partition exists yet (no trades
   feed, say), an empty relation with the raw schema keeps downstream models valid.
 -#}
@@ -35,11 +35,24 @@
         null::double as close, null::double as volume, null::double as adj_close,
         null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
         null::date as partition_date
-    {%- else -%}
+    {%- elif table == 'decisions' -%}
+        null::varchar as decision_id, null::varchar as agent_id, null::varchar as symbol,
+        null::timestamptz as ts, null::varchar as action, null::double as size,
+        null::varchar as rationale,
+        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
+        null::date as partition_date
+    {%- elif table == 'feedback' -%}
+        null::varchar as episode_id, null::bigint as step_index, null::bigint as rating,
+        null::varchar as rater_id, null::timestamptz as ts, null::varchar as comment,
+        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
+        null::date as partition_date
+    {%- elif table == 'trades' -%}
         null::varchar as symbol, null::timestamptz as ts, null::bigint as trade_id,
         null::double as price, null::double as size, null::varchar as side,
         null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
         null::date as partition_date
+    {%- else -%}
+        {{ exceptions.raise_compiler_error("raw_empty_columns: unknown raw table " ~ table) }}
     {%- endif -%}
 {% endmacro %}
 

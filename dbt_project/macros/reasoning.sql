@@ -49,6 +49,7 @@
     {
         'step_index': {{ index }},
         'kind': 'decision',
+        'implies': action,
         'text': case
             when action = 'hold' then 'hold: no trade'
             else action || ' ' || {{ fmt_fixed('size', 4) }} || ' of capital'

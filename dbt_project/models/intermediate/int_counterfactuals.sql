@@ -23,6 +23,16 @@
   and the result does not depend on whether the analog's own int_outcomes partition was rebuilt
   after its horizon bars landed.
 
+  Monte-Carlo rollouts (var mc_rollouts, 16): each rollout resamples the decision point's analogs
+  with Poisson(1) weights (a bootstrap; weights from hash(decision_point_id, analog ts, rollout),
+  the same in every build) and takes the action with the highest resampled ev (ties as below).
+    p_best_<action>    share of rollouts in which <action> is the ex-ante best (its advantage over
+                       both others is positive); they sum to 1. n_rollouts counts the rollouts.
+  int_step_labels uses them as Math-Shepherd style soft labels of reasoning steps.
+
+  Decisions: every reference policy's (int_decisions) and every recorded decision matched to a
+  decision point (int_recorded_decisions).
+
   Judgement, from ex-ante values only:
     ev_action          size * ev_<action> (0 for hold): the expected value of reward
     luck               reward - ev_action (NULL while immature)
@@ -47,6 +57,7 @@
 {%- set lookahead_days = var('lookahead_days', 45) | int -%}
 {%- set analog_count = var('analog_count', 250) | int -%}
 {%- set min_analogs = var('min_analogs', 20) | int -%}
+{%- set mc_rollouts = var('mc_rollouts', 16) | int -%}
 {%- set cost = (var('cost_bps', 5) | float) / 10000 -%}
 with
 
@@ -79,6 +90,7 @@ analogs as (
         points.bar_interval,
         points.regime,
         points.bar_date,
+        points.ts as analog_ts,
         bar_outcomes.matured_at,
         (bar_outcomes.fwd_ret - {{ cost }})
         / greatest(points.vol_20 * sqrt({{ max_h }}), 1e-4) as reward_buy,
@@ -196,6 +208,81 @@ environment as (
     group by analog_ranks.decision_point_id
 ),
 
+-- Monte-Carlo rollouts of the environment: each resamples the analog set with Poisson(1)
+-- weights (a bootstrap), drawn from hash(decision point, analog, rollout) so a decision point's
+-- rollouts are the same in every build that contains it.
+rollout_draws as (
+    select
+        analog_ranks.decision_point_id,
+        rollouts.rollout,
+        ranked_analogs.reward_buy,
+        ranked_analogs.reward_sell,
+        hash(analog_ranks.decision_point_id, ranked_analogs.analog_ts, rollouts.rollout)
+        / 18446744073709551616.0 as draw
+    from analog_ranks
+    inner join ranked_analogs
+        on
+            analog_ranks.symbol = ranked_analogs.symbol
+            and analog_ranks.bar_interval = ranked_analogs.bar_interval
+            and analog_ranks.regime = ranked_analogs.regime
+            and analog_ranks.analog_rank = ranked_analogs.analog_rank
+    cross join range({{ mc_rollouts }}) as rollouts (rollout)
+),
+
+rollout_weights as (
+    select
+        decision_point_id,
+        rollout,
+        reward_buy,
+        reward_sell,
+        -- Inverse CDF of Poisson(1).
+        case
+            when draw < 0.36787944117 then 0
+            when draw < 0.73575888234 then 1
+            when draw < 0.91969860293 then 2
+            when draw < 0.98101184312 then 3
+            when draw < 0.99634015317 then 4
+            when draw < 0.99940581518 then 5
+            when draw < 0.99991675885 then 6
+            else 7
+        end as weight
+    from rollout_draws
+),
+
+rollout_values as (
+    select
+        decision_point_id,
+        rollout,
+        sum(weight * reward_buy) / nullif(sum(weight), 0) as ev_buy,
+        sum(weight * reward_sell) / nullif(sum(weight), 0) as ev_sell
+    from rollout_weights
+    group by decision_point_id, rollout
+),
+
+rollout_best as (
+    select
+        decision_point_id,
+        -- Ties as best_action_ex_ante: hold, then buy, then sell.
+        case
+            when ev_buy <= 0 and ev_sell <= 0 then 'hold'
+            when ev_buy >= ev_sell then 'buy'
+            else 'sell'
+        end as best_action
+    from rollout_values
+    where ev_buy is not null
+),
+
+action_probabilities as (
+    select
+        decision_point_id,
+        count(*) as n_rollouts,
+        avg(case when best_action = 'buy' then 1.0 else 0.0 end) as p_best_buy,
+        avg(case when best_action = 'sell' then 1.0 else 0.0 end) as p_best_sell,
+        avg(case when best_action = 'hold' then 1.0 else 0.0 end) as p_best_hold
+    from rollout_best
+    group by decision_point_id
+),
+
 point_values as (
     select
         counted.decision_point_id,
@@ -209,14 +296,47 @@ point_values as (
         case when environment.ev_buy is not null then cast(0 as double) end as ev_hold,
         environment.ev_se_buy,
         environment.ev_se_sell,
-        case when environment.ev_buy is not null then cast(0 as double) end as ev_se_hold
+        case when environment.ev_buy is not null then cast(0 as double) end as ev_se_hold,
+        action_probabilities.n_rollouts,
+        action_probabilities.p_best_buy,
+        action_probabilities.p_best_sell,
+        action_probabilities.p_best_hold
     from counted
     left join environment on counted.decision_point_id = environment.decision_point_id
+    left join action_probabilities
+        on counted.decision_point_id = action_probabilities.decision_point_id
+),
+
+reference_decisions as (
+    select * from {{ ref('int_decisions') }}
+    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+),
+
+recorded_decisions as (
+    select * from {{ ref('int_recorded_decisions') }}
+    where
+        bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+        and decision_point_id is not null
 ),
 
 decisions as (
-    select * from {{ ref('int_decisions') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    {%- for relation in ['reference_decisions', 'recorded_decisions'] %}
+        select
+            episode_id,
+            decision_point_id,
+            symbol,
+            bar_interval,
+            ts,
+            decision_ts,
+            bar_date,
+            policy_id,
+            policy_version,
+            action,
+            size,
+            source_hashes
+        from {{ relation }}
+        {{ 'union all' if not loop.last }}
+    {%- endfor %}
 ),
 
 outcomes as (
@@ -262,6 +382,10 @@ realized as (
         point_values.ev_se_buy,
         point_values.ev_se_sell,
         point_values.ev_se_hold,
+        point_values.n_rollouts,
+        point_values.p_best_buy,
+        point_values.p_best_sell,
+        point_values.p_best_hold,
         decisions.source_hashes,
         outcomes.outcome_source_hashes
     from decisions
@@ -363,6 +487,10 @@ final as (
             when advantage is not null then 'neutral'
         end as decision_quality,
         reward - case when action = 'hold' then ev_unit else size * ev_unit end as luck,
+        n_rollouts,
+        p_best_buy,
+        p_best_sell,
+        p_best_hold,
         source_hashes,
         outcome_source_hashes
     from compared

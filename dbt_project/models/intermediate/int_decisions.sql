@@ -84,18 +84,21 @@ momentum as (
             {
                 'step_index': 1,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
                 'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
             },
             {
                 'step_index': 2,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
                 'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
             },
             {
                 'step_index': 3,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': 'Regime is ' || regime || '; the close is '
                 || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
                 'claim': 'regime=' || regime || ';trend_gap_50='
@@ -104,6 +107,7 @@ momentum as (
             {
                 'step_index': 4,
                 'kind': 'inference',
+                'implies': action,
                 'text': '20-bar momentum is ' || {{ fmt_signed('signal') }} || ' sigma, '
                 || case
                     when signal > entry_sigma
@@ -187,24 +191,28 @@ mean_reversion as (
             {
                 'step_index': 1,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': 'Last bar''s log return is ' || {{ fmt_pct('ret_1') }} || '.',
                 'claim': 'ret_1=' || {{ fmt_fixed('ret_1', 6) }}
             },
             {
                 'step_index': 2,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '5-bar log return is ' || {{ fmt_pct('ret_5') }} || '.',
                 'claim': 'ret_5=' || {{ fmt_fixed('ret_5', 6) }}
             },
             {
                 'step_index': 3,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
                 'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
             },
             {
                 'step_index': 4,
                 'kind': 'inference',
+                'implies': cast(null as varchar),
                 'text': 'The 1-bar move is ' || {{ fmt_signed('move_1') }}
                 || ' sigma and the 5-bar move ' || {{ fmt_signed('move_5') }}
                 || ' sigma; the ' || larger_move || ' move is the larger.',
@@ -214,6 +222,7 @@ mean_reversion as (
             {
                 'step_index': 5,
                 'kind': 'inference',
+                'implies': action,
                 'text': 'A ' || {{ fmt_signed('signal') }} || ' sigma move is '
                 || case
                     when signal > entry_sigma
@@ -302,6 +311,7 @@ breakout as (
             {
                 'step_index': 1,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': 'The close is ' || {{ fmt_pct('trend_gap_50') }}
                 || ' from its 50-bar mean.',
                 'claim': 'trend_gap_50=' || {{ fmt_fixed('trend_gap_50', 6) }}
@@ -309,12 +319,14 @@ breakout as (
             {
                 'step_index': 2,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
                 'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
             },
             {
                 'step_index': 3,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': 'The bar''s high-low range is ' || {{ fmt_upct('range_pct') }}
                 || ' of the close.',
                 'claim': 'range_pct=' || {{ fmt_fixed('range_pct', 6) }}
@@ -322,6 +334,7 @@ breakout as (
             {
                 'step_index': 4,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': coalesce(
                     'Volume z-score against the previous 20 bars is '
                     || {{ fmt_signed('volume_z_20') }} || '.',
@@ -332,6 +345,11 @@ breakout as (
             {
                 'step_index': 5,
                 'kind': 'inference',
+                'implies': case
+                    when signal > entry_sigma then 'buy'
+                    when signal < -entry_sigma then 'sell'
+                    else 'hold'
+                end,
                 'text': 'The close is ' || {{ fmt_signed('signal') }}
                 || ' sigma from its 50-bar mean, '
                 || case
@@ -352,6 +370,7 @@ breakout as (
             {
                 'step_index': 6,
                 'kind': 'inference',
+                'implies': case when range_ok or volume_ok then null else 'hold' end,
                 'text': 'The bar''s range is ' || {{ fmt_fixed('range_vols', 2) }}
                 || ' vols against ' || {{ fmt_fixed('range_vols_min', 2) }}
                 || ' needed and '
@@ -424,18 +443,21 @@ risk_off as (
             {
                 'step_index': 1,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': 'Regime is ' || regime || '.',
                 'claim': 'regime=' || regime
             },
             {
                 'step_index': 2,
                 'kind': 'observation',
+                'implies': cast(null as varchar),
                 'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
                 'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
             },
             {
                 'step_index': 3,
                 'kind': 'inference',
+                'implies': action,
                 'text': 'The regime is '
                 || case when volatile then 'volatile' else 'calm' end
                 || ' and volatility ' || {{ fmt_upct('vol_20') }} || ' is '
@@ -487,7 +509,9 @@ final as (
         size,
         cast(
             reasoning_steps
-            as struct(step_index integer, kind varchar, text varchar, claim varchar)[]
+            as struct(
+                step_index integer, kind varchar, implies varchar, text varchar, claim varchar
+            )[]
         ) as reasoning_steps,
         source_hashes
     from decisions

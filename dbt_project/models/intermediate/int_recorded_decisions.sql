@@ -1,0 +1,164 @@
+{#-
+  Recorded decisions (stg_decisions) as episodes: each attaches to the latest decision point of
+  its symbol (any bar_interval) whose decision_ts is at or before the recorded time and at most
+  recorded_max_staleness_days earlier; its features, and hence its trace, come from that point
+  alone. Decisions with no such point are kept with decision_point_id NULL (and bar_date = the
+  recorded day) and never become episodes downstream.
+
+  policy_id = 'recorded:' || agent_id, policy_version = 0. episode_id as int_decisions computes
+  it, with the feed's decision_id in place of the version (one agent can decide twice at one
+  point). The trace: three observation steps (20-bar return, volatility, regime and trend gap,
+  as momentum_v1 words them), the decider's rationale as one inference step when given
+  (claim 'rationale=recorded', implies NULL: it cannot be checked against the data), and the
+  decision step.
+
+  The outcome of a recorded decision is measured from the close of the decision bar, as for the
+  reference policies: if the decider acted later than that close, prices between the two are
+  in its outcome (documented; the features never see them).
+  Incremental by day: a build replaces the days of its window.
+-#}
+{%- set staleness_days = var('recorded_max_staleness_days', 4) | int -%}
+with
+
+recorded as (
+    select * from {{ ref('stg_decisions') }}
+),
+
+points as (
+    select * from {{ ref('int_decision_points') }}
+    where
+        bar_date between date '{{ var("min_date") }}' - {{ staleness_days }}
+        and date '{{ var("max_date") }}'
+),
+
+attached as (
+    select
+        recorded.*,
+        points.decision_point_id,
+        points.bar_interval,
+        points.ts,
+        points.decision_ts,
+        points.bar_date as point_date,
+        points.ret_20,
+        points.vol_20,
+        points.trend_gap_50,
+        points.regime,
+        points.source_hashes as point_source_hashes
+    from recorded
+    asof left join points
+        on
+            recorded.symbol = points.symbol
+            and recorded.recorded_ts >= points.decision_ts
+),
+
+matched as (
+    select
+        * exclude (decision_point_id, point_date),
+        case
+            when decision_ts >= recorded_ts - interval {{ staleness_days }} day
+                then decision_point_id
+        end as decision_point_id,
+        case
+            when decision_ts >= recorded_ts - interval {{ staleness_days }} day
+                then point_date
+            else recorded_date
+        end as bar_date
+    from attached
+),
+
+in_window as (
+    select * from matched
+    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+),
+
+final as (
+    select
+        case
+            when decision_point_id is not null
+                then
+                    md5(
+                        symbol || '|' || bar_interval || '|'
+                        || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
+                        || '|recorded:' || agent_id || '|' || decision_id
+                    )
+        end as episode_id,
+        decision_id,
+        agent_id,
+        recorded_ts,
+        decision_point_id,
+        symbol,
+        bar_interval,
+        ts,
+        decision_ts,
+        bar_date,
+        'recorded:' || agent_id as policy_id,
+        0 as policy_version,
+        action,
+        size,
+        rationale,
+        case
+            when decision_point_id is not null
+                then
+                    cast(
+                        list_concat(
+                            [
+                                {
+                                    'step_index': 1,
+                                    'kind': 'observation',
+                                    'implies': cast(null as varchar),
+                                    'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
+                                    'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
+                                },
+                                {
+                                    'step_index': 2,
+                                    'kind': 'observation',
+                                    'implies': cast(null as varchar),
+                                    'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }}
+                                    || ' per bar.',
+                                    'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+                                },
+                                {
+                                    'step_index': 3,
+                                    'kind': 'observation',
+                                    'implies': cast(null as varchar),
+                                    'text': 'Regime is ' || regime || '; the close is '
+                                    || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
+                                    'claim': 'regime=' || regime || ';trend_gap_50='
+                                    || {{ fmt_fixed('trend_gap_50', 6) }}
+                                }
+                            ],
+                            case
+                                when rationale is not null
+                                    then
+                                        [
+                                            {
+                                                'step_index': 4,
+                                                'kind': 'inference',
+                                                'implies': cast(null as varchar),
+                                                'text': rationale,
+                                                'claim': 'rationale=recorded'
+                                            },
+                                            {{ decision_step(5) }}
+                                        ]
+                                else [{{ decision_step(4) }}]
+                            end
+                        )
+                        as struct(
+                            step_index integer,
+                            kind varchar,
+                            implies varchar,
+                            text varchar,
+                            claim varchar
+                        )[]
+                    )
+        end as reasoning_steps,
+        case
+            when decision_point_id is not null
+                then list_sort(list_distinct(list_append(point_source_hashes, source_hash)))
+            else [source_hash]
+        end as source_hashes
+    from in_window
+)
+
+select * from final
+order by bar_date, symbol, recorded_ts, decision_id
