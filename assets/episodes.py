@@ -1,8 +1,12 @@
 """Decision episodes and datasets: the dbt project (dbt_project/) as Dagster assets.
 
-Every dbt model is an asset, partitioned by month; a run passes its partition window to dbt as
-vars (min_date, max_date) and builds the window in one dbt invocation, so a backfill of any
-range is one run and one ``dbt build``. dbt tests become asset checks.
+Every dbt model is an asset. Staging and intermediate models are partitioned by month
+(``episode_models``); a run passes its partition window to dbt as vars (min_date, max_date) and
+builds the window in one dbt invocation, so a backfill of any range is one run and one
+``dbt build``. The marts (fct_step_labels, fct_decision_episodes, ds_sft, ds_dpo, ds_prm) and
+stg_feedback are unpartitioned (``dataset_models``): whole tables over every month (the
+walk-forward split is global; feedback on an old episode can arrive any time), rebuilt after
+upstream partitions change. dbt tests become asset checks.
 """
 
 import json
@@ -12,12 +16,23 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from orchestration.automation import follow_upstream
+from orchestration.automation import (
+    UNPARTITIONED_TAG,
+    follow_upstream,
+    follow_upstream_unpartitioned,
+)
 from orchestration.dbt import dbt_project
 from orchestration.partitions import monthly_partitions
 from orchestration.resources import StorageResource, WarehouseResource
 
 OWNERS = ["team:research-data"]
+# dbt selection of the unpartitioned models (``dataset_models``); is_unpartitioned says the same.
+UNPARTITIONED_MODELS = "marts stg_feedback"
+
+
+def is_unpartitioned(node: dict[str, Any]) -> bool:
+    """A model of ``dataset_models``: a mart, or stg_feedback (which reads every raw day)."""
+    return node["fqn"][1:2] == ["marts"] or node["name"] == "stg_feedback"
 
 
 class EpisodeTranslator(DagsterDbtTranslator):
@@ -29,11 +44,17 @@ class EpisodeTranslator(DagsterDbtTranslator):
         if node is None or node["resource_type"] != "model":
             return spec
         layer = node["fqn"][1] if len(node["fqn"]) > 2 else "marts"
+        unpartitioned = is_unpartitioned(node)
         spec = spec.replace_attributes(
             group_name="datasets" if node["name"].startswith("ds_") else "episodes",
             owners=OWNERS,
-            automation_condition=follow_upstream(),
-        ).merge_attributes(kinds={"duckdb"}, tags={"layer": layer})
+            automation_condition=(
+                follow_upstream_unpartitioned() if unpartitioned else follow_upstream()
+            ),
+        ).merge_attributes(
+            kinds={"duckdb"},
+            tags={"layer": layer, **(dict([UNPARTITIONED_TAG]) if unpartitioned else {})},
+        )
         lookahead = int((node.get("meta") or {}).get("lookahead_months", 0))
         if lookahead:
             spec = spec.replace_attributes(
@@ -71,8 +92,9 @@ def dbt_vars(window: dg.TimeWindow, storage_root: str) -> dict[str, str]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb_warehouse",
     name="episode_models",
-    # Seeds are configuration refreshed by every run (see below), not partitioned data.
-    exclude="resource_type:seed",
+    # Seeds are configuration refreshed by every run (see below), not partitioned data; the
+    # unpartitioned models are dataset_models.
+    exclude=f"resource_type:seed {UNPARTITIONED_MODELS}",
 )
 def episode_models(
     context: dg.AssetExecutionContext,
@@ -103,4 +125,33 @@ def episode_models(
         refresh.wait()
         if not refresh.is_successful():
             raise dg.Failure("refreshing staging views and seeds for the build window failed")
+        yield from dbt.cli(["build", "--vars", json.dumps(build_vars)], context=context).stream()
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=EpisodeTranslator(),
+    select=UNPARTITIONED_MODELS,
+    pool="duckdb_warehouse",
+    name="dataset_models",
+)
+def dataset_models(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    storage: StorageResource,
+    warehouse: WarehouseResource,
+):
+    """The marts and stg_feedback: full tables, no build window (min_date and max_date keep
+    their defaults; the intermediate models they read are not rebuilt here)."""
+    build_vars = {"storage_root": storage.get().root}
+    with warehouse.dbt_env():
+        # stg_feedback is a view whose SQL names the raw files present when it was created:
+        # refresh it for every run, selected or not, so the marts see every rating landed so far.
+        refresh = dbt.cli(
+            ["run", "--select", "stg_feedback", "--vars", json.dumps(build_vars)],
+        )
+        refresh.wait()
+        if not refresh.is_successful():
+            raise dg.Failure("refreshing stg_feedback failed")
         yield from dbt.cli(["build", "--vars", json.dumps(build_vars)], context=context).stream()

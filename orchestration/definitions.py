@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.episodes import episode_models
+from assets.datasets import dataset_checks, dataset_files
+from assets.episodes import dataset_models, episode_models
 from assets.feeds import load_feeds
 from assets.ingestion import build_ingestion_definitions
 from orchestration.resources import feeds_file_from_env, resources_from_env
@@ -18,7 +19,8 @@ def build_definitions() -> dg.Definitions:
     feeds = load_feeds(feeds_file_from_env())
     landing_specs, raw_assets = build_ingestion_definitions(feeds)
     return dg.Definitions(
-        assets=[*landing_specs, *raw_assets, episode_models],
+        assets=[*landing_specs, *raw_assets, episode_models, dataset_models, *dataset_files],
+        asset_checks=dataset_checks,
         sensors=[landing_sensor, episodes_automation_sensor],
         resources=resources,
     )

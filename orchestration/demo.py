@@ -1,9 +1,12 @@
-"""The main job on embedded defaults (``make demo``): land the default feed, let the real
-Dagster daemon's landing sensor ingest it, and report what was built.
+"""The main job on embedded defaults (``make demo``): land the default feed and a desk's
+decision journal, let the real Dagster daemon ingest them and build episodes and datasets, then
+land simulated expert feedback on those episodes and let the datasets follow; report what was
+built.
 
 Runs the same path as production: landed file → landing sensor → single-run backfill of the raw
-partitions → blocking checks. Nothing is materialized behind Dagster's back, so the UI started
-afterwards shows the runs, the lineage from the landed file (with its hash) and the checks.
+partitions → blocking checks → automation of the dbt models, datasets and exports. Nothing is
+materialized behind Dagster's back, so the UI started afterwards shows the runs, the lineage
+from the landed files (with their hashes) and the checks.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BulkActionStatus
 
-from assets.episodes import episode_models
+from assets.datasets import dataset_checks
+from assets.demo_feeds import desk_journal, simulated_expert_feedback
+from assets.episodes import dataset_models, episode_models
 from assets.ingest import TABLE_OF_KIND, scan_landing
-from assets.land import land_default
+from assets.land import land_default, land_file
 from orchestration.resources import resources_from_env
 from orchestration.sensors import REASON_TAG
 
@@ -112,9 +119,26 @@ def _summary(instance: DagsterInstance) -> bool:
             "  episode models (monthly partitions built): "
             + ", ".join(f"{name} {n}" for name, n in built.items())
         )
-    failed = _failed_dbt_checks(instance, episode_models)
+    for key in sorted(dataset_models.keys, key=lambda k: k.to_user_string()):
+        event = instance.get_latest_materialization_event(key)
+        rows = event.asset_materialization.metadata.get("dagster/row_count") if event else None
+        print(f"  {key.to_user_string()}: {rows.value if rows else 'not built'} rows")
+    for name in ("ds_sft_files", "ds_dpo_files", "ds_prm_files"):
+        event = instance.get_latest_materialization_event(AssetKey(name))
+        if event is None:
+            ok = False
+            print(f"  {name}: not built")
+            continue
+        meta = event.asset_materialization.metadata
+        counts = {k: v.value for k, v in meta.items() if k.startswith("rows_")}
+        print(f"  {name}: {counts}")
+    failed = [
+        name
+        for checked in (episode_models, dataset_models, *dataset_checks)
+        for name in _failed_dbt_checks(instance, checked)
+    ]
     for name in failed:
-        print(f"    dbt test failed: {name}")
+        print(f"    check failed: {name}")
     return ok and not failed
 
 
@@ -129,33 +153,62 @@ def _failed_dbt_checks(instance: DagsterInstance, assets_def) -> list[str]:
     ]
 
 
-def main() -> int:
-    resources = resources_from_env()
-    storage, feeds = resources["storage"].get(), resources["feeds"].load()
-    rel, new = land_default(storage, feeds)
-    print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)}")
+def _land_frame(storage, feed, frame, name: str) -> None:
+    """Write an example frame as CSV and land it (immutable: an existing file stays)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        frame.to_csv(path, index=False)
+        rel, new = land_file(storage, feed, path)
+    print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)} ({len(frame)} rows)")
+
+
+def _ingest_landed(instance: DagsterInstance, storage, feeds) -> None:
+    """Run the daemon until every landed file's last day is a raw partition and all that
+    follows has settled (nothing to do when that is already the case)."""
     landed = [f for f in scan_landing(storage, feeds) if f.dates]
-    expected = {
-        TABLE_OF_KIND[feeds[f.feed].kind]: f.dates[-1]
-        for f in landed
-        if feeds[f.feed].kind in TABLE_OF_KIND
-    }
-    instance = DagsterInstance.get()
+    expected: dict[str, str] = {}
+    for f in landed:
+        table = TABLE_OF_KIND.get(feeds[f.feed].kind)
+        if table:
+            expected[table] = max(expected.get(table, f.dates[-1]), f.dates[-1])
     pending = {
         table: day
         for table, day in expected.items()
         if day not in instance.get_materialized_partitions(AssetKey(table))
     }
-    if pending:
-        print(f"starting the Dagster daemon; the landing sensor will ingest {sorted(pending)}")
-        started = time.monotonic()
-        _run_daemon_until_settled(instance, pending)
-        print(f"ingested in {time.monotonic() - started:.0f} s")
-    else:
+    if not pending:
         print("raw partitions already built for everything landed")
+        return
+    print(f"starting the Dagster daemon; the landing sensor will ingest {sorted(pending)}")
+    started = time.monotonic()
+    _run_daemon_until_settled(instance, pending)
+    print(f"settled in {time.monotonic() - started:.0f} s")
+
+
+def main() -> int:
+    resources = resources_from_env()
+    storage, feeds = resources["storage"].get(), resources["feeds"].load()
+    rel, new = land_default(storage, feeds)
+    print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)}")
+    if "recorded-decisions" in feeds:
+        _land_frame(storage, feeds["recorded-decisions"], desk_journal(), "desk-journal.csv")
+    instance = DagsterInstance.get()
+    _ingest_landed(instance, storage, feeds)
+    warehouse = resources["warehouse"].path
+    if "expert-feedback" in feeds and _built(instance, AssetKey("fct_step_labels")):
+        frame = simulated_expert_feedback(warehouse)
+        _land_frame(storage, feeds["expert-feedback"], frame, "expert-review.csv")
+        _ingest_landed(instance, storage, feeds)
     ok = _summary(instance)
-    print(f"storage root: {storage.root}\nDagster home: {os.environ.get('DAGSTER_HOME')}")
+    print(
+        f"storage root: {storage.root}\nwarehouse: {warehouse}\n"
+        f"Dagster home: {os.environ.get('DAGSTER_HOME')}"
+    )
     return 0 if ok else 1
+
+
+def _built(instance: DagsterInstance, key: AssetKey) -> bool:
+    return instance.get_latest_materialization_event(key) is not None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,858 @@
+"""Datasets: the checks that gate the marts and the export of ds_sft / ds_dpo / ds_prm.
+
+The marts (dbt_project/models/marts, the ``dataset_models`` asset of assets/episodes.py) build
+fct_decision_episodes and the datasets in the warehouse. Here:
+
+- **Contracts** (blocking asset checks, pandera): each checked model is read with the facts of
+  its episodes joined from fct_decision_episodes (maturity, split, prompt, ev), so a dataset row
+  is checked against the episode it claims to come from: types and ranges, non-empty prompts,
+  step/label alignment, chosen != rejected and margin above the noise threshold, only train /
+  validation / test in datasets, no immature episode, and the walk-forward order (the latest
+  matured_at of a split is before the earliest decision_ts of the next one).
+- **Leakage** (blocking): a seeded sample of episodes has its features recomputed from the bars
+  of its series truncated at the decision (:func:`assets.features_oracle.point_in_time_mismatches`);
+  any difference fails.
+- **Expert agreement** (WARN): how often expert ratings agree with the automatic hard labels.
+- **Exports** (assets ``ds_<name>_files``): each dataset's splits as Parquet under the storage
+  root, ``datasets/<name>/<split>.parquet``, written atomically, with row counts and SHA-256
+  digests as metadata and in ``datasets/<name>/manifest.json``. The files load with
+  ``datasets.load_dataset("parquet", data_files={split: path, ...})``.
+
+The functions take a DuckDB connection (tests call them directly); the Dagster definitions at
+the end wrap them.
+"""
+
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pandera.errors
+import pandera.pandas as pa
+import pyarrow
+import pyarrow.parquet as pq
+import yaml
+
+from assets.features_oracle import FEATURE_COLUMNS, LOOKBACK_DAYS, point_in_time_mismatches
+from assets.storage import Storage
+from orchestration.automation import (
+    UNPARTITIONED_ASSETS,
+    UNPARTITIONED_TAG,
+    follow_upstream_unpartitioned,
+)
+from orchestration.resources import StorageResource, WarehouseResource
+
+OWNERS = ["team:research-data"]
+DATASETS = {"sft": "ds_sft", "dpo": "ds_dpo", "prm": "ds_prm"}
+SPLITS = ("train", "validation", "test")
+ACTIONS = ("buy", "sell", "hold")
+QUALITIES = ("good", "bad", "neutral")
+LABEL_SOURCES = ("expert", "verification", "monte_carlo", "perturbation")
+# Row order of each export (a total order: rebuilding from the same marts gives the same bytes).
+EXPORT_ORDER = {
+    "sft": "decision_ts, symbol, bar_interval, policy_id, policy_version, episode_id",
+    "dpo": "decision_ts, symbol, bar_interval, chosen_action, rejected_action, pair_id",
+    "prm": "decision_ts, symbol, bar_interval, episode_id, is_perturbed, trace_id",
+}
+LEAKAGE_SAMPLE = 50
+LEAKAGE_SEED = 20240101
+# Below this agreement of expert and automatic hard labels the WARN check fails.
+EXPERT_AGREEMENT_MIN = 0.5
+DBT_PROJECT_FILE = Path(__file__).resolve().parents[1] / "dbt_project" / "dbt_project.yml"
+
+UTC_TS = pd.DatetimeTZDtype("us", "UTC")
+TEXT = pd.StringDtype("pyarrow")
+BOOL = pd.BooleanDtype()
+INT = pd.Int64Dtype()
+
+
+# ---------------------------------------------------------------- warehouse access
+
+
+@contextlib.contextmanager
+def warehouse_connection(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the warehouse file, in UTC."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        yield con
+    finally:
+        con.close()
+
+
+def _pandas_type(arrow_type: pyarrow.DataType) -> Any:
+    if pyarrow.types.is_string(arrow_type) or pyarrow.types.is_large_string(arrow_type):
+        return TEXT
+    if pyarrow.types.is_boolean(arrow_type):
+        return BOOL
+    if pyarrow.types.is_integer(arrow_type):
+        return INT
+    return None
+
+
+def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """A query as pandas with nullable booleans and integers and Arrow-backed strings (pandera
+    checks them by column, not row by row)."""
+    table = con.execute(sql, params or []).to_arrow_table()
+    return table.to_pandas(types_mapper=_pandas_type)
+
+
+def dbt_vars() -> dict[str, Any]:
+    """The vars of dbt_project.yml (defaults of the build)."""
+    with open(DBT_PROJECT_FILE) as handle:
+        return yaml.safe_load(handle).get("vars", {})
+
+
+# ---------------------------------------------------------------- check frames (SQL)
+
+_EV = "case {a} when 'buy' then {e}.ev_buy when 'sell' then {e}.ev_sell else {e}.ev_hold end"
+_SE = (
+    "case {a} when 'buy' then {e}.ev_se_buy when 'sell' then {e}.ev_se_sell else {e}.ev_se_hold end"
+)
+
+CHECK_SQL = {
+    "fct_decision_episodes": """
+        select
+            episode_id, decision_point_id, symbol, bar_interval, ts, decision_ts, bar_date,
+            partition_date, prompt, policy_id, action, size, is_mature, matured_at, split,
+            decision_quality, p_best_buy, p_best_sell, p_best_hold, n_steps, completion,
+            reasoning_steps is not null as has_trace,
+            len(step_labels) as n_step_labels,
+            list_transform(step_labels, s -> s.step_index) = range(1, n_steps + 1)
+                as step_labels_numbered,
+            list_transform(reasoning_steps, s -> s.step_index) = range(1, n_steps + 1)
+                as steps_numbered,
+            split_validation_start, split_test_start, built_by,
+            len(source_hashes) > 0 as has_lineage
+        from fct_decision_episodes
+    """,
+    "ds_sft": """
+        select
+            d.* exclude (source_hashes, outcome_source_hashes),
+            len(d.source_hashes) > 0 as has_lineage,
+            e.episode_id is not null as episode_exists,
+            e.is_mature as episode_is_mature,
+            e.matured_at as episode_matured_at,
+            e.split as episode_split,
+            e.decision_quality as episode_decision_quality,
+            e.all_steps_correct as episode_all_steps_correct,
+            e.prompt as episode_prompt,
+            e.completion as episode_completion
+        from ds_sft as d
+        left join fct_decision_episodes as e on d.episode_id = e.episode_id
+    """,
+    "ds_dpo": f"""
+        select
+            d.* exclude (source_hashes, outcome_source_hashes),
+            len(d.source_hashes) > 0 as has_lineage,
+            c.episode_id is not null and r.episode_id is not null as episode_exists,
+            c.is_mature and r.is_mature as episode_is_mature,
+            greatest(c.matured_at, r.matured_at) as episode_matured_at,
+            c.split as episode_split,
+            r.split as rejected_episode_split,
+            c.decision_point_id = r.decision_point_id as same_decision_point,
+            c.prompt as episode_prompt,
+            r.prompt as rejected_episode_prompt,
+            c.completion as chosen_completion,
+            r.completion as rejected_completion,
+            c.action as chosen_episode_action,
+            r.action as rejected_episode_action,
+            {_EV.format(a="d.chosen_action", e="c")} as chosen_ev,
+            {_EV.format(a="d.rejected_action", e="r")} as rejected_ev,
+            {_SE.format(a="d.chosen_action", e="c")} as chosen_ev_se,
+            {_SE.format(a="d.rejected_action", e="r")} as rejected_ev_se
+        from ds_dpo as d
+        left join fct_decision_episodes as c on d.chosen_episode_id = c.episode_id
+        left join fct_decision_episodes as r on d.rejected_episode_id = r.episode_id
+    """,
+    "ds_prm": """
+        select
+            d.* exclude (
+                completions, labels, soft_labels, label_sources, source_hashes,
+                outcome_source_hashes
+            ),
+            len(d.completions) as n_completions,
+            len(d.labels) as n_labels,
+            len(d.soft_labels) as n_soft_labels,
+            len(d.label_sources) as n_label_sources,
+            list_count(d.labels) = len(d.labels)
+                and list_count(d.soft_labels) = len(d.soft_labels) as labels_complete,
+            len(list_filter(d.soft_labels, x -> x between 0 and 1)) = len(d.soft_labels)
+                as soft_labels_in_range,
+            len(list_filter(d.label_sources, x -> x in ('expert', 'verification',
+                'monte_carlo', 'perturbation'))) = len(d.label_sources) as label_sources_known,
+            len(list_filter(d.completions, x -> length(trim(x)) > 0)) = len(d.completions)
+                as completions_non_empty,
+            d.labels[d.faulty_step_index] as faulty_step_label,
+            len(d.source_hashes) > 0 as has_lineage,
+            e.episode_id is not null as episode_exists,
+            e.is_mature as episode_is_mature,
+            e.matured_at as episode_matured_at,
+            e.split as episode_split,
+            e.prompt as episode_prompt
+        from ds_prm as d
+        left join fct_decision_episodes as e on d.episode_id = e.episode_id
+    """,
+}
+
+
+# ---------------------------------------------------------------- pandera contracts
+
+
+def _true(column: str, name: str, error: str) -> pa.Check:
+    """A frame-level check that ``column`` is true on every row (NULL fails)."""
+    return pa.Check(lambda df: df[column].fillna(False).astype(bool), name=name, error=error)
+
+
+def _non_empty(s: pd.Series) -> pd.Series:
+    return s.fillna("").str.strip().str.len() > 0
+
+
+def _bools(values: pd.Series | np.ndarray) -> np.ndarray:
+    """A comparison's result as plain booleans, NULL (NA, NaT) as False."""
+    return pd.Series(values).fillna(False).to_numpy(dtype=bool)
+
+
+def split_order_ok(df: pd.DataFrame, decision: str, matured: str) -> pd.Series:
+    """Per row of train / validation / test: the walk-forward order holds against the next split
+    present, i.e. its decision and its outcome's maturity are before the next split's earliest
+    decision (the embargo). Rows of other splits pass here (other checks reject them)."""
+    ok = np.ones(len(df), dtype=bool)
+    split = df["split"].astype(object).fillna("").to_numpy()
+    present = [s for s in SPLITS if (split == s).any()]
+    for current, following in itertools.pairwise(present):
+        first_next = df.loc[split == following, decision].min()
+        rows = split == current
+        ok[rows] = _bools(df[matured] < first_next)[rows] & _bools(df[decision] < first_next)[rows]
+    return pd.Series(ok, index=df.index)
+
+
+def _split_boundaries_ok(df: pd.DataFrame) -> pd.Series:
+    v, t = df["split_validation_start"], df["split_test_start"]
+    d, m = df["decision_ts"], df["matured_at"]
+    split = df["split"].astype(object).fillna("").to_numpy()
+    ok = np.ones(len(df), dtype=bool)
+    for name, holds in (
+        ("train", _bools(d < v) & _bools(m < v)),
+        ("validation", _bools(d >= v) & _bools(d < t) & _bools(m < t)),
+        ("test", _bools(d >= t)),
+    ):
+        ok[split == name] = holds[split == name]
+    return pd.Series(ok, index=df.index)
+
+
+def _dataset_row_checks(decision: str = "decision_ts") -> list[pa.Check]:
+    """Checks every dataset row shares: it comes from an existing, mature episode of the same
+    split (train / validation / test) and prompt, and the splits keep their walk-forward order."""
+    return [
+        _true(
+            "episode_exists", "episode_exists", "the row's episode is not in fct_decision_episodes"
+        ),
+        _true("episode_is_mature", "no_immature_episode", "the row's episode is not mature"),
+        pa.Check(
+            lambda df: (df["split"] == df["episode_split"]).fillna(False).astype(bool),
+            name="split_of_episode",
+            error="split differs from the episode's split (embargo or immature)",
+        ),
+        pa.Check(
+            lambda df: (df["prompt"] == df["episode_prompt"]).fillna(False).astype(bool),
+            name="prompt_of_episode",
+            error="prompt differs from the episode's prompt",
+        ),
+        pa.Check(
+            lambda df: split_order_ok(df, decision, "episode_matured_at"),
+            name="split_order",
+            error="an outcome matures after the next split's first decision (embargo violated)",
+        ),
+        _true("has_lineage", "has_lineage", "source_hashes is empty"),
+    ]
+
+
+def _common_columns() -> dict[str, pa.Column]:
+    return {
+        "prompt": pa.Column(TEXT, pa.Check(_non_empty, name="non_empty"), description="Prompt"),
+        "split": pa.Column(TEXT, pa.Check.isin(SPLITS), description="train / validation / test"),
+        "decision_ts": pa.Column(UTC_TS, description="Decision time, UTC"),
+        "symbol": pa.Column(TEXT, pa.Check.str_length(1, 64), description="Instrument"),
+    }
+
+
+def contract(model: str) -> pa.DataFrameSchema:
+    """The pandera contract of a mart, applied to its check frame (``CHECK_SQL[model]``).
+    Failures of frame-level checks are reported as '<check name>: <error>'."""
+    schema = _contract(model)
+    for check in schema.checks:
+        if check.error and not check.error.startswith(f"{check.name}:"):
+            check.error = f"{check.name}: {check.error}"
+    return schema
+
+
+def _contract(model: str) -> pa.DataFrameSchema:
+    if model == "fct_decision_episodes":
+        return pa.DataFrameSchema(
+            {
+                "episode_id": pa.Column(
+                    TEXT, pa.Check.str_matches(r"^[0-9a-f]{32}$"), unique=True, description="md5"
+                ),
+                "decision_point_id": pa.Column(TEXT),
+                "symbol": pa.Column(TEXT, pa.Check.str_length(1, 64)),
+                "bar_interval": pa.Column(TEXT),
+                "ts": pa.Column(UTC_TS),
+                "decision_ts": pa.Column(UTC_TS),
+                "prompt": pa.Column(TEXT, pa.Check(_non_empty, name="non_empty")),
+                "action": pa.Column(TEXT, pa.Check.isin(ACTIONS)),
+                "size": pa.Column(float, pa.Check.in_range(0, 1)),
+                "is_mature": pa.Column(BOOL),
+                "matured_at": pa.Column(UTC_TS, nullable=True),
+                "split": pa.Column(TEXT, pa.Check.isin([*SPLITS, "embargo"]), nullable=True),
+                "decision_quality": pa.Column(TEXT, pa.Check.isin(QUALITIES), nullable=True),
+                **{
+                    f"p_best_{a}": pa.Column(float, pa.Check.in_range(0, 1), nullable=True)
+                    for a in ACTIONS
+                },
+                "n_steps": pa.Column(INT, pa.Check.ge(1), nullable=True),
+                "built_by": pa.Column(TEXT, pa.Check.str_startswith("dbt:")),
+            },
+            checks=[
+                pa.Check(
+                    lambda df: df["decision_ts"] > df["ts"],
+                    name="decision_after_bar_open",
+                    error="decision_ts is not after the bar's open",
+                ),
+                pa.Check(
+                    lambda df: (df["partition_date"] == df["bar_date"]).astype(bool),
+                    name="partition_is_bar_date",
+                    error="partition_date differs from bar_date",
+                ),
+                pa.Check(
+                    lambda df: (
+                        (df["matured_at"].notna() == df["is_mature"].astype(bool))
+                        & ~(df["matured_at"] <= df["decision_ts"]).fillna(False).astype(bool)
+                    ),
+                    name="maturity",
+                    error="matured_at must be set exactly when mature, and after decision_ts",
+                ),
+                pa.Check(
+                    lambda df: df["is_mature"].astype(bool) | df["split"].isna(),
+                    name="immature_has_no_split",
+                    error="an immature episode has a split",
+                ),
+                pa.Check(
+                    _split_boundaries_ok, name="split_boundaries", error="split vs boundaries"
+                ),
+                pa.Check(
+                    lambda df: split_order_ok(df, "decision_ts", "matured_at"),
+                    name="split_order",
+                    error="an outcome matures after the next split's first decision",
+                ),
+                pa.Check(
+                    lambda df: df.groupby("decision_point_id")["prompt"].transform("nunique") == 1,
+                    name="one_prompt_per_decision_point",
+                    error="policies at one decision point see different prompts",
+                ),
+                pa.Check(
+                    lambda df: (
+                        ~df["has_trace"].astype(bool)
+                        | (
+                            df["steps_numbered"].fillna(False).astype(bool)
+                            & _non_empty(df["completion"])
+                        )
+                    ),
+                    name="trace_numbered",
+                    error="reasoning steps not numbered 1..n_steps, or empty completion",
+                ),
+                pa.Check(
+                    lambda df: (
+                        df["n_step_labels"].isna()
+                        | (
+                            (df["n_step_labels"] == df["n_steps"]).fillna(False).astype(bool)
+                            & df["step_labels_numbered"].fillna(False).astype(bool)
+                        )
+                    ),
+                    name="step_labels_aligned",
+                    error="step_labels do not align with the steps (length, step_index 1..n)",
+                ),
+                pa.Check(
+                    lambda df: (
+                        df["p_best_buy"].isna()
+                        | (
+                            (df["p_best_buy"] + df["p_best_sell"] + df["p_best_hold"] - 1).abs()
+                            < 1e-9
+                        )
+                    ),
+                    name="p_best_distribution",
+                    error="p_best_* do not sum to 1",
+                ),
+                _true("has_lineage", "has_lineage", "source_hashes is empty"),
+            ],
+            name="fct_decision_episodes",
+        )
+    if model == "ds_sft":
+        return pa.DataFrameSchema(
+            {
+                "episode_id": pa.Column(TEXT, unique=True),
+                **_common_columns(),
+                "completion": pa.Column(TEXT, pa.Check(_non_empty, name="non_empty")),
+                "action": pa.Column(TEXT, pa.Check.isin(ACTIONS)),
+            },
+            checks=[
+                *_dataset_row_checks(),
+                pa.Check(
+                    lambda df: (
+                        (df["episode_decision_quality"] == "good").fillna(False).astype(bool)
+                    ),
+                    name="ex_ante_good",
+                    error="the episode's decision_quality is not good",
+                ),
+                _true(
+                    "episode_all_steps_correct",
+                    "all_steps_correct",
+                    "a step of the episode is not hard-labelled correct",
+                ),
+                pa.Check(
+                    lambda df: (
+                        (df["completion"] == df["episode_completion"]).fillna(False).astype(bool)
+                    ),
+                    name="completion_of_episode",
+                    error="completion differs from the episode's",
+                ),
+            ],
+            name="ds_sft",
+        )
+    if model == "ds_dpo":
+        return pa.DataFrameSchema(
+            {
+                "pair_id": pa.Column(TEXT, unique=True),
+                **_common_columns(),
+                "chosen": pa.Column(TEXT, pa.Check(_non_empty, name="non_empty")),
+                "rejected": pa.Column(TEXT, pa.Check(_non_empty, name="non_empty")),
+                "chosen_action": pa.Column(TEXT, pa.Check.isin(ACTIONS)),
+                "rejected_action": pa.Column(TEXT, pa.Check.isin(ACTIONS)),
+                "margin": pa.Column(float, pa.Check.gt(0)),
+                "margin_se": pa.Column(float, pa.Check.ge(0)),
+                "noise_threshold": pa.Column(float, pa.Check.ge(0)),
+            },
+            checks=[
+                *_dataset_row_checks(),
+                pa.Check(
+                    lambda df: (
+                        (df["chosen"] != df["rejected"])
+                        & (df["chosen_action"] != df["rejected_action"])
+                    ),
+                    name="chosen_differs_from_rejected",
+                    error="chosen and rejected are the same text or action",
+                ),
+                pa.Check(
+                    lambda df: df["margin"] > df["noise_threshold"],
+                    name="margin_above_noise",
+                    error="margin is not above noise_threshold",
+                ),
+                pa.Check(
+                    lambda df: (
+                        (
+                            (df["chosen_ev"] > df["rejected_ev"])
+                            & np.isclose(
+                                df["margin"], df["chosen_ev"] - df["rejected_ev"], atol=1e-9
+                            )
+                            & np.isclose(
+                                df["margin_se"],
+                                np.sqrt(df["chosen_ev_se"] ** 2 + df["rejected_ev_se"] ** 2),
+                                atol=1e-9,
+                            )
+                        )
+                        .fillna(False)
+                        .astype(bool)
+                    ),
+                    name="margin_from_ev",
+                    error="chosen's ex-ante ev is not above rejected's by margin (+- margin_se)",
+                ),
+                pa.Check(
+                    lambda df: (
+                        (
+                            df["same_decision_point"].fillna(False).astype(bool)
+                            & (df["rejected_episode_prompt"] == df["prompt"])
+                            & (df["rejected_episode_split"] == df["split"])
+                            & (df["chosen_completion"] == df["chosen"])
+                            & (df["rejected_completion"] == df["rejected"])
+                            & (df["chosen_episode_action"] == df["chosen_action"])
+                            & (df["rejected_episode_action"] == df["rejected_action"])
+                        )
+                        .fillna(False)
+                        .astype(bool)
+                    ),
+                    name="pair_of_episodes",
+                    error="chosen and rejected are not the named episodes at one decision point",
+                ),
+            ],
+            name="ds_dpo",
+        )
+    if model == "ds_prm":
+        lists = ("n_completions", "n_labels", "n_soft_labels", "n_label_sources")
+        return pa.DataFrameSchema(
+            {
+                "trace_id": pa.Column(TEXT, unique=True),
+                "episode_id": pa.Column(TEXT),
+                "is_perturbed": pa.Column(BOOL),
+                **_common_columns(),
+                "n_steps": pa.Column(INT, pa.Check.ge(1)),
+            },
+            checks=[
+                *_dataset_row_checks(),
+                pa.Check(
+                    lambda df: functools.reduce(
+                        operator.and_, [(df[c] == df["n_steps"]).fillna(False) for c in lists]
+                    ).astype(bool),
+                    name="lists_aligned",
+                    error="completions, labels, soft_labels, label_sources differ in length",
+                ),
+                _true("labels_complete", "labels_complete", "a step has no label"),
+                _true("soft_labels_in_range", "soft_labels_in_range", "soft label outside [0, 1]"),
+                _true("label_sources_known", "label_sources_known", "unknown label source"),
+                _true("completions_non_empty", "completions_non_empty", "an empty step"),
+                pa.Check(
+                    lambda df: (
+                        (~df["is_perturbed"].astype(bool) & df["faulty_step_index"].isna())
+                        | (
+                            df["is_perturbed"].astype(bool)
+                            & (df["faulty_step_index"] >= 1).fillna(False).astype(bool)
+                            & (df["faulty_step_index"] <= df["n_steps"]).fillna(False).astype(bool)
+                            & (df["faulty_step_label"] == False)  # noqa: E712
+                            .fillna(False)
+                            .astype(bool)
+                        )
+                    ),
+                    name="faulty_step_labelled_wrong",
+                    error="a perturbed trace's faulty step is not labelled false",
+                ),
+            ],
+            name="ds_prm",
+        )
+    raise KeyError(f"no contract for {model!r}")
+
+
+@dataclass
+class ContractResult:
+    """Outcome of validating one mart against its contract."""
+
+    model: str
+    rows: int = 0
+    failures: int = 0
+    failures_by_check: dict[str, int] = field(default_factory=dict)
+    failure_sample: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.failures == 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "failures": self.failures,
+            "failures_by_check": dg.MetadataValue.json(self.failures_by_check),
+            "failure_sample": dg.MetadataValue.json(self.failure_sample),
+        }
+
+
+def validate_model(con: duckdb.DuckDBPyConnection, model: str) -> ContractResult:
+    """Validate a mart (fct_decision_episodes or a ds_*) against its pandera contract."""
+    frame = query_frame(con, CHECK_SQL[model])
+    result = ContractResult(model=model, rows=len(frame))
+    try:
+        contract(model).validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        result.failures = len(cases)
+        counts = cases["check"].astype(str).value_counts()
+        result.failures_by_check = {str(k): int(v) for k, v in counts.items()}
+        sample = cases.head(10)[["column", "check", "failure_case", "index"]]
+        result.failure_sample = [
+            {k: str(v) for k, v in row.items()} for row in sample.to_dict("records")
+        ]
+    return result
+
+
+# ---------------------------------------------------------------- leakage
+
+
+def leakage_sample(
+    con: duckdb.DuckDBPyConnection, n: int = LEAKAGE_SAMPLE, seed: int = LEAKAGE_SEED
+) -> pd.DataFrame:
+    """A deterministic sample of episodes with their features as built: the ``n`` episodes
+    first in md5(episode_id|seed) order (the same sample for the same episodes and seed)."""
+    features = ", ".join(FEATURE_COLUMNS)
+    return con.execute(
+        f"""
+        select episode_id, symbol, bar_interval, ts, {features}, regime, bars_seen
+        from fct_decision_episodes
+        order by md5(episode_id || '|' || ?)
+        limit ?
+        """,
+        [str(seed), int(n)],
+    ).df()
+
+
+def point_in_time_leaks(
+    con: duckdb.DuckDBPyConnection,
+    n: int = LEAKAGE_SAMPLE,
+    seed: int = LEAKAGE_SEED,
+    lookback_days: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(sample, mismatches): the sample's features recomputed from int_bars (every bar of its
+    series; the oracle truncates them at each decision) against the built values. Empty
+    mismatches: nothing after decision_ts reached a feature."""
+    if lookback_days is None:
+        lookback_days = int(dbt_vars().get("lookback_days", LOOKBACK_DAYS))
+    sample = leakage_sample(con, n, seed)
+    if sample.empty:
+        return sample, point_in_time_mismatches(sample, sample)
+    series = sample[["symbol", "bar_interval"]].drop_duplicates()
+    bars = con.execute(
+        """
+        select b.symbol, b.bar_interval, b.ts, b.bar_date, b.open, b.high, b.low, b.close,
+            b.volume
+        from int_bars as b
+        inner join (select unnest(?) as symbol, unnest(?) as bar_interval) as s
+            on b.symbol = s.symbol and b.bar_interval = s.bar_interval
+        order by b.symbol, b.bar_interval, b.ts
+        """,
+        [series["symbol"].tolist(), series["bar_interval"].tolist()],
+    ).df()
+    columns = (*FEATURE_COLUMNS, "regime", "bars_seen")
+    mismatches = point_in_time_mismatches(
+        sample, bars, columns=columns, lookback_days=lookback_days
+    )
+    return sample, mismatches
+
+
+# ---------------------------------------------------------------- expert agreement
+
+
+def expert_agreement(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Steps rated by experts and how often the experts' hard label agrees with the automatic
+    one, overall and per step kind."""
+    rows = con.execute(
+        """
+        select
+            kind,
+            count(*) filter (where expert_rating is not null) as n_rated,
+            count(*) filter (where agrees_with_auto is not null) as n_compared,
+            count(*) filter (where agrees_with_auto) as n_agree
+        from fct_step_labels
+        group by kind
+        order by kind
+        """
+    ).fetchall()
+    per_kind = {
+        kind: {
+            "n_rated": int(rated),
+            "n_compared": int(compared),
+            "agreement": (agree / compared) if compared else None,
+        }
+        for kind, rated, compared, agree in rows
+    }
+    compared = sum(v["n_compared"] for v in per_kind.values())
+    agree = sum(int(a) for _, _, _, a in rows)
+    return {
+        "n_rated": sum(v["n_rated"] for v in per_kind.values()),
+        "n_compared": compared,
+        "agreement": (agree / compared) if compared else None,
+        "per_kind": per_kind,
+    }
+
+
+# ---------------------------------------------------------------- export
+
+
+def dataset_path(name: str, split: str) -> str:
+    return f"datasets/{name}/{split}.parquet"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_dataset(con: duckdb.DuckDBPyConnection, storage: Storage, name: str) -> dict[str, Any]:
+    """Write each non-empty split of ``ds_<name>`` to ``datasets/<name>/<split>.parquet`` (one
+    atomic commit per file; a split that became empty loses its old file) and a manifest.
+    Returns the manifest: per split its path, URI, rows and SHA-256."""
+    model = DATASETS[name]
+    splits: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        rel = dataset_path(name, split)
+        table = con.execute(
+            f"select * from {model} where split = ? order by {EXPORT_ORDER[name]}", [split]
+        ).to_arrow_table()
+        if table.num_rows == 0:
+            storage.delete(rel)
+            continue
+        with storage.staging_dir() as tmp:
+            local = tmp / f"{split}.parquet"
+            pq.write_table(table.combine_chunks(), local, compression="zstd")
+            digest = _sha256(local)
+            storage.commit_file(local, rel)
+        splits[split] = {
+            "path": rel,
+            "uri": storage.uri(rel),
+            "rows": table.num_rows,
+            "sha256": digest,
+        }
+    built_by, validation_start, test_start = con.execute(
+        "select any_value(built_by), any_value(split_validation_start),"
+        " any_value(split_test_start) from fct_decision_episodes"
+    ).fetchone()
+    manifest = {
+        "dataset": name,
+        "model": model,
+        "built_by": built_by,
+        "split_validation_start": validation_start.isoformat() if validation_start else None,
+        "split_test_start": test_start.isoformat() if test_start else None,
+        "splits": splits,
+    }
+    storage.write_bytes(
+        f"datasets/{name}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode()
+    )
+    return manifest
+
+
+# ---------------------------------------------------------------- Dagster definitions
+
+
+def _contract_check(model: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=dg.AssetKey(model),
+        name="contract",
+        blocking=True,
+        pool="duckdb_warehouse",
+        description=(
+            f"pandera contract of {model}, each row checked against its episode in "
+            "fct_decision_episodes (types, ranges, alignment, split and embargo order)."
+        ),
+    )
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse_connection(warehouse.path) as con:
+            result = validate_model(con, model)
+        return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata())
+
+    return _check
+
+
+@dg.asset_check(
+    asset=dg.AssetKey("fct_decision_episodes"),
+    name="point_in_time",
+    blocking=True,
+    pool="duckdb_warehouse",
+    description=(
+        f"Leakage: {LEAKAGE_SAMPLE} seeded episodes' features recomputed from int_bars truncated "
+        "at their decision time (assets.features_oracle); any difference fails."
+    ),
+)
+def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse_connection(warehouse.path) as con:
+        sample, mismatches = point_in_time_leaks(con)
+    return dg.AssetCheckResult(
+        passed=mismatches.empty,
+        metadata={
+            "sampled_episodes": len(sample),
+            "seed": LEAKAGE_SEED,
+            "mismatches": len(mismatches),
+            "mismatch_sample": dg.MetadataValue.json(
+                mismatches.head(10).astype(str).to_dict("records")
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=dg.AssetKey("fct_step_labels"),
+    name="expert_agreement",
+    blocking=False,
+    pool="duckdb_warehouse",
+    description=(
+        "Expert-agreement report: steps rated by experts and the share whose expert hard label "
+        f"equals the automatic one, per kind; warns below {EXPERT_AGREEMENT_MIN:.0%}."
+    ),
+)
+def expert_agreement_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse_connection(warehouse.path) as con:
+        report = expert_agreement(con)
+    rate = report["agreement"]
+    return dg.AssetCheckResult(
+        passed=rate is None or rate >= EXPERT_AGREEMENT_MIN,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "n_rated": report["n_rated"],
+            "n_compared": report["n_compared"],
+            "agreement": dg.MetadataValue.float(float(rate)) if rate is not None else None,
+            "per_kind": dg.MetadataValue.json(report["per_kind"]),
+        },
+    )
+
+
+def _dataset_files_asset(name: str, condition: dg.AutomationCondition) -> dg.AssetsDefinition:
+    model = DATASETS[name]
+
+    @dg.asset(
+        name=f"{model}_files",
+        deps=[dg.AssetKey(model)],
+        group_name="datasets",
+        owners=OWNERS,
+        kinds={"parquet"},
+        tags=dict([UNPARTITIONED_TAG]),
+        pool="duckdb_warehouse",
+        automation_condition=condition,
+        description=(
+            f"{model} exported as Parquet, one file per split: datasets/{name}/<split>.parquet "
+            "under the storage root (atomic writes), with a manifest.json of row counts and "
+            "SHA-256 digests."
+        ),
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, storage: StorageResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        with warehouse_connection(warehouse.path) as con:
+            manifest = export_dataset(con, storage.get(), name)
+        splits = manifest["splits"]
+        context.log.info(
+            f"{model}: " + ", ".join(f"{s} {v['rows']} rows" for s, v in splits.items())
+        )
+        metadata: dict[str, Any] = {
+            "rows": sum(v["rows"] for v in splits.values()),
+            "warehouse": warehouse.path,
+            "storage_root": storage.get().root,
+            "data_files": dg.MetadataValue.json({s: v["uri"] for s, v in splits.items()}),
+            "built_by": manifest["built_by"] or "",
+        }
+        for split in SPLITS:
+            metadata[f"rows_{split}"] = splits.get(split, {}).get("rows", 0)
+            metadata[f"sha256_{split}"] = splits.get(split, {}).get("sha256", "")
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _asset
+
+
+# The exports follow the marts as the marts follow the monthly models (orchestration.automation).
+dataset_files = [
+    _dataset_files_asset(name, follow_upstream_unpartitioned(UNPARTITIONED_ASSETS))
+    for name in DATASETS
+]
+dataset_checks = [
+    _contract_check("fct_decision_episodes"),
+    point_in_time_check,
+    expert_agreement_check,
+    *(_contract_check(model) for model in DATASETS.values()),
+]
