@@ -27,8 +27,11 @@ from assets.ingest import TABLE_OF_KIND, LandedFile, scan_landing
 from assets.ingestion import landing_key
 from orchestration.resources import FeedsResource, StorageResource
 
-# New files whose days are further apart than this become separate runs.
-MAX_GAP_DAYS = 7
+# New files' days further apart than this become separate runs. Days in between are built as
+# empty partitions by the same run, which costs little (a history file of daily bars is one run
+# over weekends and holidays); a sparse feed (a decision journal, say) must not become a run per
+# cluster of days.
+MAX_GAP_DAYS = 92
 REASON_TAG = "decision_data/reason"
 
 

@@ -384,3 +384,14 @@ def test_sensor_routes_decisions_and_feedback_to_their_tables(local_storage, tmp
     (request,) = more.run_requests
     assert request.asset_selection == [dg.AssetKey("raw_feedback")]
     assert request.partition_key == "2024-02-01"
+
+
+def test_sparse_days_are_one_run_and_distant_ones_two() -> None:
+    from orchestration.sensors import _spans
+
+    weekly = [f"2010-01-{d:02d}" for d in (4, 15, 29)] + ["2010-03-30"]
+    assert _spans(weekly) == [("2010-01-04", "2010-03-30")]
+    assert _spans(["2010-01-04", "2010-06-30", "2010-07-01"]) == [
+        ("2010-01-04", "2010-01-04"),
+        ("2010-06-30", "2010-07-01"),
+    ]

@@ -43,3 +43,4 @@
         {%- endfor %}
     )
 {%- endmacro %}
+

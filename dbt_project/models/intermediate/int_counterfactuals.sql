@@ -23,9 +23,11 @@
   and the result does not depend on whether the analog's own int_outcomes partition was rebuilt
   after its horizon bars landed.
 
-  Monte-Carlo rollouts (var mc_rollouts, 16): each rollout resamples the decision point's analogs
-  with Poisson(1) weights (a bootstrap; weights from hash(decision_point_id, analog ts, rollout),
-  the same in every build) and takes the action with the highest resampled ev (ties as below).
+  Monte-Carlo rollouts (var mc_rollouts, 16): each rollout draws an environment, the mean
+  rewards of buy and sell, from their sampling distribution given the analogs (normal with means
+  ev_buy / ev_sell, standard errors ev_se_*, and the correlation of the analogs' buy and sell
+  rewards: a parametric bootstrap; draws from hash(decision point, rollout), the same in every
+  build), and takes the action with the highest drawn ev (ties as below).
     p_best_<action>    share of rollouts in which <action> is the ex-ante best (its advantage over
                        both others is positive); they sum to 1. n_rollouts counts the rollouts.
   int_step_labels uses them as Math-Shepherd style soft labels of reasoning steps.
@@ -90,7 +92,6 @@ analogs as (
         points.bar_interval,
         points.regime,
         points.bar_date,
-        points.ts as analog_ts,
         bar_outcomes.matured_at,
         (bar_outcomes.fwd_ret - {{ cost }})
         / greatest(points.vol_20 * sqrt({{ max_h }}), 1e-4) as reward_buy,
@@ -186,6 +187,7 @@ analog_ranks as (
         symbol,
         bar_interval,
         regime,
+        hash(decision_point_id) as point_seed,
         unnest(range(first_rank, last_rank + 1)) as analog_rank
     from counted
     where n_analogs >= {{ min_analogs }}
@@ -194,10 +196,12 @@ analog_ranks as (
 environment as (
     select
         analog_ranks.decision_point_id,
+        any_value(analog_ranks.point_seed) as point_seed,
         round(avg(ranked_analogs.reward_buy), 10) as ev_buy,
         round(avg(ranked_analogs.reward_sell), 10) as ev_sell,
         round(stddev_samp(ranked_analogs.reward_buy) / sqrt(count(*)), 10) as ev_se_buy,
-        round(stddev_samp(ranked_analogs.reward_sell) / sqrt(count(*)), 10) as ev_se_sell
+        round(stddev_samp(ranked_analogs.reward_sell) / sqrt(count(*)), 10) as ev_se_sell,
+        round(corr(ranked_analogs.reward_buy, ranked_analogs.reward_sell), 10) as buy_sell_corr
     from analog_ranks
     inner join ranked_analogs
         on
@@ -208,78 +212,51 @@ environment as (
     group by analog_ranks.decision_point_id
 ),
 
--- Monte-Carlo rollouts of the environment: each resamples the analog set with Poisson(1)
--- weights (a bootstrap), drawn from hash(decision point, analog, rollout) so a decision point's
--- rollouts are the same in every build that contains it.
-rollout_draws as (
+-- Monte-Carlo rollouts of the environment: each draws the mean rewards of buy and sell from
+-- their sampling distribution (normal, with the standard errors and the correlation of the
+-- analogs' rewards: the bootstrap distribution of the means for n >= min_analogs), from
+-- hash(decision point, rollout) by Box-Muller, so they are the same in every build.
+uniforms as (
     select
-        analog_ranks.decision_point_id,
+        environment.*,
         rollouts.rollout,
-        ranked_analogs.reward_buy,
-        ranked_analogs.reward_sell,
-        hash(analog_ranks.decision_point_id, ranked_analogs.analog_ts, rollouts.rollout)
-        / 18446744073709551616.0 as draw
-    from analog_ranks
-    inner join ranked_analogs
-        on
-            analog_ranks.symbol = ranked_analogs.symbol
-            and analog_ranks.bar_interval = ranked_analogs.bar_interval
-            and analog_ranks.regime = ranked_analogs.regime
-            and analog_ranks.analog_rank = ranked_analogs.analog_rank
+        (hash(environment.point_seed, rollouts.rollout, 0) + 0.5) / 18446744073709551616.0
+            as u1,
+        (hash(environment.point_seed, rollouts.rollout, 1) + 0.5) / 18446744073709551616.0
+            as u2
+    from environment
     cross join range({{ mc_rollouts }}) as rollouts (rollout)
 ),
 
-rollout_weights as (
+normals as (
     select
-        decision_point_id,
-        rollout,
-        reward_buy,
-        reward_sell,
-        -- Inverse CDF of Poisson(1).
-        case
-            when draw < 0.36787944117 then 0
-            when draw < 0.73575888234 then 1
-            when draw < 0.91969860293 then 2
-            when draw < 0.98101184312 then 3
-            when draw < 0.99634015317 then 4
-            when draw < 0.99940581518 then 5
-            when draw < 0.99991675885 then 6
-            else 7
-        end as weight
-    from rollout_draws
+        *,
+        sqrt(-2 * ln(u1)) * cos(2 * pi() * u2) as z1,
+        sqrt(-2 * ln(u1)) * sin(2 * pi() * u2) as z2,
+        greatest(-1.0, least(1.0, coalesce(buy_sell_corr, 0))) as rho
+    from uniforms
 ),
 
 rollout_values as (
     select
         decision_point_id,
-        rollout,
-        sum(weight * reward_buy) / nullif(sum(weight), 0) as ev_buy,
-        sum(weight * reward_sell) / nullif(sum(weight), 0) as ev_sell
-    from rollout_weights
-    group by decision_point_id, rollout
+        ev_buy + ev_se_buy * z1 as rollout_buy,
+        ev_sell + ev_se_sell * (rho * z1 + sqrt(1 - rho * rho) * z2) as rollout_sell
+    from normals
 ),
 
-rollout_best as (
-    select
-        decision_point_id,
-        -- Ties as best_action_ex_ante: hold, then buy, then sell.
-        case
-            when ev_buy <= 0 and ev_sell <= 0 then 'hold'
-            when ev_buy >= ev_sell then 'buy'
-            else 'sell'
-        end as best_action
-    from rollout_values
-    where ev_buy is not null
-),
-
+-- The best action of each rollout (ties as best_action_ex_ante: hold, then buy, then sell).
 action_probabilities as (
     select
         decision_point_id,
         count(*) as n_rollouts,
-        avg(case when best_action = 'buy' then 1.0 else 0.0 end) as p_best_buy,
-        avg(case when best_action = 'sell' then 1.0 else 0.0 end) as p_best_sell,
-        avg(case when best_action = 'hold' then 1.0 else 0.0 end) as p_best_hold
-    from rollout_best
+        avg(case when rollout_buy > 0 and rollout_buy >= rollout_sell then 1.0 else 0.0 end)
+            as p_best_buy,
+        avg(case when rollout_sell > 0 and rollout_sell > rollout_buy then 1.0 else 0.0 end)
+            as p_best_sell,
+        avg(case when rollout_buy <= 0 and rollout_sell <= 0 then 1.0 else 0.0 end)
+            as p_best_hold
+    from rollout_values
     group by decision_point_id
 ),
 
