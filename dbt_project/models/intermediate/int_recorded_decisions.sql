@@ -2,8 +2,10 @@
   Recorded decisions (stg_decisions) as episodes: each attaches to the latest decision point of
   its symbol (any bar_interval) whose decision_ts is at or before the recorded time and at most
   recorded_max_staleness_days earlier; its features, and hence its trace, come from that point
-  alone. Decisions with no such point are kept with decision_point_id NULL (and bar_date = the
-  recorded day) and never become episodes downstream.
+  alone. A decision with no such point is not an episode and is left out here (it stays in
+  raw_decisions): keeping it, keyed by its own day, would let the order in which months are
+  built decide which partition holds it, and a later build of the point's month would add it a
+  second time.
 
   policy_id = 'recorded:' || agent_id, policy_version = 0. episode_id as int_decisions computes
   it, with the feed's decision_id in place of the version (one agent can decide twice at one
@@ -53,17 +55,10 @@ attached as (
 
 matched as (
     select
-        * exclude (decision_point_id, point_date),
-        case
-            when decision_ts >= recorded_ts - interval {{ staleness_days }} day
-                then decision_point_id
-        end as decision_point_id,
-        case
-            when decision_ts >= recorded_ts - interval {{ staleness_days }} day
-                then point_date
-            else recorded_date
-        end as bar_date
+        * exclude (point_date),
+        point_date as bar_date
     from attached
+    where decision_ts >= recorded_ts - interval {{ staleness_days }} day
 ),
 
 in_window as (
@@ -73,15 +68,11 @@ in_window as (
 
 final as (
     select
-        case
-            when decision_point_id is not null
-                then
-                    md5(
-                        symbol || '|' || bar_interval || '|'
-                        || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
-                        || '|recorded:' || agent_id || '|' || decision_id
-                    )
-        end as episode_id,
+        md5(
+            symbol || '|' || bar_interval || '|'
+            || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
+            || '|recorded:' || agent_id || '|' || decision_id
+        ) as episode_id,
         decision_id,
         agent_id,
         recorded_ts,
@@ -96,67 +87,59 @@ final as (
         action,
         size,
         rationale,
-        case
-            when decision_point_id is not null
-                then
-                    cast(
-                        list_concat(
+        cast(
+            list_concat(
+                [
+                    {
+                        'step_index': 1,
+                        'kind': 'observation',
+                        'implies': cast(null as varchar),
+                        'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
+                        'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
+                    },
+                    {
+                        'step_index': 2,
+                        'kind': 'observation',
+                        'implies': cast(null as varchar),
+                        'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }}
+                        || ' per bar.',
+                        'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
+                    },
+                    {
+                        'step_index': 3,
+                        'kind': 'observation',
+                        'implies': cast(null as varchar),
+                        'text': 'Regime is ' || regime || '; the close is '
+                        || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
+                        'claim': 'regime=' || regime || ';trend_gap_50='
+                        || {{ fmt_fixed('trend_gap_50', 6) }}
+                    }
+                ],
+                case
+                    when rationale is not null
+                        then
                             [
                                 {
-                                    'step_index': 1,
-                                    'kind': 'observation',
+                                    'step_index': 4,
+                                    'kind': 'inference',
                                     'implies': cast(null as varchar),
-                                    'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
-                                    'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
+                                    'text': rationale,
+                                    'claim': 'rationale=recorded'
                                 },
-                                {
-                                    'step_index': 2,
-                                    'kind': 'observation',
-                                    'implies': cast(null as varchar),
-                                    'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }}
-                                    || ' per bar.',
-                                    'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-                                },
-                                {
-                                    'step_index': 3,
-                                    'kind': 'observation',
-                                    'implies': cast(null as varchar),
-                                    'text': 'Regime is ' || regime || '; the close is '
-                                    || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
-                                    'claim': 'regime=' || regime || ';trend_gap_50='
-                                    || {{ fmt_fixed('trend_gap_50', 6) }}
-                                }
-                            ],
-                            case
-                                when rationale is not null
-                                    then
-                                        [
-                                            {
-                                                'step_index': 4,
-                                                'kind': 'inference',
-                                                'implies': cast(null as varchar),
-                                                'text': rationale,
-                                                'claim': 'rationale=recorded'
-                                            },
-                                            {{ decision_step(5) }}
-                                        ]
-                                else [{{ decision_step(4) }}]
-                            end
-                        )
-                        as struct(
-                            step_index integer,
-                            kind varchar,
-                            implies varchar,
-                            text varchar,
-                            claim varchar
-                        )[]
-                    )
-        end as reasoning_steps,
-        case
-            when decision_point_id is not null
-                then list_sort(list_distinct(list_append(point_source_hashes, source_hash)))
-            else [source_hash]
-        end as source_hashes
+                                {{ decision_step(5) }}
+                            ]
+                    else [{{ decision_step(4) }}]
+                end
+            )
+            as struct(
+                step_index integer,
+                kind varchar,
+                implies varchar,
+                text varchar,
+                claim varchar
+            )[]
+        ) as reasoning_steps,
+        list_sort(list_distinct(list_append(point_source_hashes, source_hash))) as source_hashes
     from in_window
 )
 
