@@ -81,6 +81,7 @@ test-slow: install
 
 bench: install
 	$(PY) -m benchmarks.ingest_bench
+	$(PY) -m benchmarks.episodes_bench
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
