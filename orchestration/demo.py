@@ -11,6 +11,7 @@ from the landed files (with their hashes) and the checks.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -200,11 +201,71 @@ def main() -> int:
         _land_frame(storage, feeds["expert-feedback"], frame, "expert-review.csv")
         _ingest_landed(instance, storage, feeds)
     ok = _summary(instance)
+    if ok:
+        ok = _train(instance)
     print(
         f"storage root: {storage.root}\nwarehouse: {warehouse}\n"
         f"Dagster home: {os.environ.get('DAGSTER_HOME')}"
     )
     return 0 if ok else 1
+
+
+# Small on purpose: a CPU demo of the stages, not a useful model (DD_TRAINING_* resize it).
+DEMO_EVALUATION = {"max_prompts": 32, "max_pairs": 64, "max_traces": 64, "max_new_tokens": 64}
+
+
+def _train(instance: DagsterInstance) -> bool:
+    """Run the train_models job once (SFT -> DPO and PRM, evaluation, the champion gate) as a
+    recorded Dagster run, unless the models were trained before."""
+    if _built(instance, AssetKey("champion_model")):
+        print("models already trained; the champion is in the MLflow registry")
+        return True
+    print("training SFT -> DPO and the PRM (small CPU run), evaluating, promoting the champion")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "run_config.json"
+        config.write_text(json.dumps({"ops": {"model_evaluation": {"config": DEMO_EVALUATION}}}))
+        done = subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "dagster"),
+                "job",
+                "execute",
+                "-m",
+                "orchestration.definitions",
+                "-j",
+                "train_models",
+                "-c",
+                str(config),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    print(
+        f"  train_models: {'success' if done.returncode == 0 else 'FAILED'} "
+        f"in {time.monotonic() - started:.0f} s"
+    )
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+        return False
+    for name in ("sft_model", "dpo_model", "prm_model", "model_evaluation", "champion_model"):
+        event = instance.get_latest_materialization_event(AssetKey(name))
+        meta = event.asset_materialization.metadata if event else {}
+        shown = {
+            k: meta[k].value
+            for k in (
+                "model_name",
+                "model_version",
+                "train_loss",
+                "decision_accuracy",
+                "preference_accuracy",
+                "prm_auc",
+                "dpo_champion_version",
+            )
+            if k in meta
+        }
+        print(f"  {name}: {shown if event else 'not built'}")
+    return True
 
 
 def _built(instance: DagsterInstance, key: AssetKey) -> bool:

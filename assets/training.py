@@ -1,0 +1,237 @@
+"""Training assets: ``sft_model``, ``dpo_model`` and ``prm_model`` (group ``training``, pool ``gpu``).
+
+Each trains one stage (training/) on the exported dataset files of its ``ds_<stage>_files``
+asset and records where the checkpoint came from:
+
+    raw landed files -> raw -> dbt episodes (monthly) -> ds_<stage> -> ds_<stage>_files
+                     -> <stage>_model: checkpoint folder + MLflow run + registered version
+
+- data: local copies of ``datasets/<stage>/{train,validation}.parquet`` (a download when the
+  storage root is on S3), checked against the export manifest's SHA-256;
+- config: ``training/configs/<stage>.yaml`` (profile ``cpu-small``, plus short max_length and
+  few steps) or ``<stage>_gpu.yaml`` (profile ``gpu``), wired to the files, the base model
+  (SFT, PRM) or the SFT checkpoint (DPO: policy and frozen reference), and an output folder
+  per Dagster run, then the TrainingResource's extra overrides;
+- lineage: ``assets.lineage.dataset_lineage`` (dataset files and digests, episode partitions,
+  dbt models and checksums, raw landed files and hashes) plus a ``dagster`` block (run id,
+  asset key, upstream materialization, episode partition keys, code revision); the trainer
+  writes it, with its own keys, into the checkpoint's lineage.json;
+- launch: in this process (``orchestration.train_pipes.run_stage`` with MLflow logging on each
+  Trainer log) or through Dagster Pipes (``python -m orchestration.train_pipes <stage>`` as a
+  subprocess, which runs the same function and reports the materialization back). Both give the
+  same MLflow content and the same metadata keys.
+
+No automation condition yet: the ``train_models`` job (orchestration.definitions) runs them.
+"""
+
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from assets.datasets import dataset_path, warehouse_connection
+from assets.lineage import dataset_lineage
+from orchestration.dbt import dbt_project
+from orchestration.resources import (
+    REPO_ROOT,
+    FeedsResource,
+    MlflowResource,
+    StorageResource,
+    TrainingResource,
+    WarehouseResource,
+)
+from orchestration.train_pipes import file_sha256, materialization_metadata, run_stage
+
+OWNERS = ["team:ml"]
+TRAIN_SPLITS = ("train", "validation")
+STAGE_DEPS = {
+    "sft": ["ds_sft_files"],
+    "dpo": ["sft_model", "ds_dpo_files"],
+    "prm": ["ds_prm_files"],
+}
+DESCRIPTIONS = {
+    "sft": "Supervised fine-tuning of the base model on ds_sft (completion-only loss).",
+    "dpo": "DPO on ds_dpo starting from the sft_model checkpoint, which is also the frozen "
+    "reference model.",
+    "prm": "Process reward model on ds_prm: a step-level head on the base model.",
+}
+_METADATA = {
+    "path": dg.MetadataValue.path,
+    "url": dg.MetadataValue.url,
+    "json": dg.MetadataValue.json,
+    "text": dg.MetadataValue.text,
+    "int": dg.MetadataValue.int,
+    "float": dg.MetadataValue.float,
+}
+
+
+def git_revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def to_metadata(typed: dict[str, dict[str, Any]]) -> dict[str, dg.MetadataValue]:
+    """Pipes-typed metadata ({raw_value, type}) as Dagster MetadataValues."""
+    return {k: _METADATA[v["type"]](v["raw_value"]) for k, v in typed.items()}
+
+
+def _latest_metadata(context: dg.AssetExecutionContext, key: str) -> tuple[dict[str, Any], str]:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        return {}, ""
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return metadata, event.run_id
+
+
+def sft_checkpoint(context: dg.AssetExecutionContext) -> str:
+    """The checkpoint folder of the latest sft_model materialization (DPO starts from it)."""
+    metadata, _ = _latest_metadata(context, "sft_model")
+    path = metadata.get("checkpoint_path")
+    if not path or not Path(path, "config.json").is_file():
+        raise dg.Failure(
+            f"dpo_model needs an sft_model checkpoint; the latest materialization names {path!r}"
+        )
+    return str(path)
+
+
+def stage_config(
+    stage: str,
+    training: TrainingResource,
+    files: list[str],
+    output_dir: str,
+    start_from: str | None = None,
+) -> dict[str, Any]:
+    """The resolved stage config (as a dict) for this run: profile, wiring, extra overrides."""
+    from training.config import STAGES, load_config
+
+    cfg = load_config(stage, training.config_file(stage), training.profile_overrides())
+    raw = cfg.to_dict()
+    raw["data"]["files"] = list(files)
+    raw["train"]["output_dir"] = output_dir
+    if stage == "dpo":
+        raw["sft_checkpoint"] = start_from
+        raw["model"]["name_or_path"] = ""
+    else:
+        raw["model"]["name_or_path"] = training.base_model
+    cfg = STAGES[stage].from_dict(raw).with_overrides(training.extra_overrides(stage))
+    return cfg.validate().to_dict()
+
+
+def _stage_asset(stage: str) -> dg.AssetsDefinition:
+    upstream = f"ds_{stage}_files"
+
+    @dg.asset(
+        name=f"{stage}_model",
+        deps=[dg.AssetKey(k) for k in STAGE_DEPS[stage]],
+        group_name="training",
+        owners=OWNERS,
+        kinds={"pytorch", "mlflow"},
+        pool="gpu",
+        tags={"partitioning": "none"},
+        description=DESCRIPTIONS[stage]
+        + " Writes a checkpoint folder (weights, tokenizer, training_config.json, lineage.json), "
+        f"one MLflow run and a version of registered model decision-data-{stage}.",
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        feeds: FeedsResource,
+        warehouse: WarehouseResource,
+        mlflow: MlflowResource,
+        training: TrainingResource,
+    ) -> dg.MaterializeResult:
+        launch = training.validate_launch()
+        store = storage.get()
+        with warehouse_connection(warehouse.path) as con:
+            lineage = dataset_lineage(con, store, feeds.load(), stage, dbt_project.manifest_path)
+        _, upstream_run = _latest_metadata(context, upstream)
+        lineage["dagster"] = {
+            "run_id": context.run_id,
+            "asset_key": context.asset_key.to_user_string(),
+            "upstream": {"asset_key": upstream, "run_id": upstream_run},
+            # Monthly partition keys of the episode models these rows come from.
+            "episode_partition_keys": list(lineage["episode_partitions"]),
+            "code_revision": git_revision(),
+            "storage_root": store.root,
+        }
+        splits = lineage["dataset"]["files"]
+        start_from = sft_checkpoint(context) if stage == "dpo" else None
+        with contextlib.ExitStack() as stack:
+            files, inputs = [], []
+            for split in TRAIN_SPLITS:
+                if split not in splits:
+                    continue
+                entry = splits[split]
+                local = stack.enter_context(store.local_copy(dataset_path(stage, split)))
+                if file_sha256(local) != entry["sha256"]:
+                    raise dg.Failure(
+                        f"{entry['uri']} changed since its export manifest was written; "
+                        f"rematerialize {upstream}"
+                    )
+                files.append(str(local))
+                inputs.append(
+                    {
+                        "name": f"ds_{stage}/{split}",
+                        "context": split,
+                        "uri": entry["uri"],
+                        "sha256": entry["sha256"],
+                        "rows": entry["rows"],
+                    }
+                )
+            if "train" not in splits:
+                raise dg.Failure(f"{upstream} has no train split: nothing to train {stage} on")
+            output_dir = str(Path(training.output_root) / stage / context.run_id)
+            config = stage_config(stage, training, files, output_dir, start_from)
+            context.log.info(
+                f"{stage}: {launch} launch, {len(lineage['raw_files'])} raw files, "
+                f"{len(lineage['episode_partitions'])} episode partitions, output {output_dir}"
+            )
+            if launch == "pipes":
+                result = _run_pipes(context, stage, config, lineage, inputs, mlflow)
+                metadata = dict(result.metadata or {})
+            else:
+                report = run_stage(
+                    stage, config, lineage, mlflow.settings(), inputs, log=context.log.info
+                )
+                metadata = to_metadata(materialization_metadata(report))
+        metadata["launch"] = dg.MetadataValue.text(launch)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _asset
+
+
+def _run_pipes(
+    context: dg.AssetExecutionContext,
+    stage: str,
+    config: dict[str, Any],
+    lineage: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Train in a subprocess through Dagster Pipes; the child reports the materialization."""
+    client = dg.PipesSubprocessClient(env=mlflow.secret_env(), cwd=str(REPO_ROOT))
+    invocation = client.run(
+        command=[sys.executable, "-m", "orchestration.train_pipes", stage],
+        context=context,
+        extras={
+            "config": config,
+            "lineage": lineage,
+            "tracking": mlflow.settings(),
+            "inputs": inputs,
+        },
+    )
+    return invocation.get_materialize_result()
+
+
+sft_model = _stage_asset("sft")
+dpo_model = _stage_asset("dpo")
+prm_model = _stage_asset("prm")
+training_assets = [sft_model, dpo_model, prm_model]

@@ -1,0 +1,377 @@
+"""assets/evaluation.py: the evaluation core on tiny checkpoints, the champion gate on constructed
+per-item scores, and the Dagster flow (model_evaluation → blocking beats_champion →
+champion_model) against a real MLflow SQLite registry.
+
+The checkpoints are untrained 'tiny' models (random weights, real SmolLM2 tokenizer) saved with
+save_pretrained: they generate no valid decision, so every one of their decision points is an
+invalid decision (a hold, reward 0, correct 0). That is enough to check shapes and ranges, and it
+makes two versions of the same weights score identically (the gate must then block).
+"""
+
+import math
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from assets import evaluation as ev
+from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
+from training import synthetic
+
+N_POINTS = 14
+MAX_PROMPTS = 10
+MAX_NEW_TOKENS = 12
+POLICIES = (("momentum", "buy"), ("mean_reversion", "sell"))
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def episodes_frame(n_points: int = N_POINTS, seed: int = 0) -> pd.DataFrame:
+    """fct_decision_episodes-shaped test rows: n decision points, two policies at each, two
+    symbols, plus a train row and an immature test row that must be left out."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_points + 2):
+        symbol = ("AAPL", "MSFT")[i % 2]
+        ts = pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(days=i // 2)
+        prompt = f"Symbol: {symbol}\nTime: {ts.isoformat()}\nret_5 = {rng.normal():+.4f}"
+        buy, sell = rng.normal(size=2)
+        split = "train" if i == n_points else "test"
+        for policy, action in POLICIES:
+            rows.append(
+                {
+                    "episode_id": f"e{i}-{policy}",
+                    "decision_point_id": f"dp{i:03d}",
+                    "symbol": symbol,
+                    "decision_ts": ts,
+                    "prompt": prompt,
+                    "policy_id": policy,
+                    "policy_version": "v1",
+                    "action": action,
+                    "size": 0.5,
+                    "split": split,
+                    "is_mature": i != n_points + 1,
+                    "best_action_ex_ante": ("buy", "sell", "hold")[i % 3],
+                    "cf_reward_buy": float(buy),
+                    "cf_reward_sell": float(sell),
+                    "cf_reward_hold": 0.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _test_split(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["split"] == "test"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from training.checkpoint import write_metadata
+    from training.config import ModelConfig
+    from training.models import load_model
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    cfg = ModelConfig(name_or_path="tiny")
+    policy, tokenizer = load_model(cfg, task="causal", seed=1)
+    prm, _ = load_model(cfg, task="token", num_labels=2, seed=2, tokenizer=tokenizer)
+    prm.config.prm_step_separator = "\n"
+    out = {}
+    for name, model, stage in (("dpo", policy, "dpo"), ("prm", prm, "prm")):
+        folder = root / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_metadata(folder, {"stage": stage, "data": {"system_prompt": None}}, {})
+        out[name] = folder
+    return out
+
+
+# ---------------------------------------------------------------- the core
+
+
+def test_decision_test_points_sample_is_deterministic() -> None:
+    episodes = episodes_frame()
+    points = ev.decision_test_points(episodes, max_prompts=MAX_PROMPTS, seed=3)
+    assert len(points) == MAX_PROMPTS
+    assert list(points.columns) == list(ev.POINT_COLUMNS)
+    assert points["item_id"].is_unique
+    # the train row and the immature row are never test points
+    assert not points["item_id"].isin([f"dp{N_POINTS:03d}", f"dp{N_POINTS + 1:03d}"]).any()
+    shuffled = episodes.sample(frac=1.0, random_state=7)
+    again = ev.decision_test_points(shuffled, max_prompts=MAX_PROMPTS, seed=3)
+    assert again["item_id"].tolist() == points["item_id"].tolist()
+    other = ev.decision_test_points(episodes, max_prompts=MAX_PROMPTS, seed=4)
+    assert set(other["item_id"]) != set(points["item_id"])
+    everything = ev.decision_test_points(episodes, max_prompts=None)
+    assert len(everything) == N_POINTS
+    assert ev.items_digest(points) == ev.items_digest(again)
+    assert ev.items_digest(points) != ev.items_digest(points, {"max_new_tokens": 1})
+
+
+def test_evaluate_callables_scores_items_and_backtest() -> None:
+    """A fake model that always answers the ex-ante best action: accuracy 1, rewards priced."""
+    episodes = _test_split(episodes_frame())
+    best = dict(zip(episodes["prompt"], episodes["best_action_ex_ante"], strict=False))
+    lines = {"buy": "buy 0.5000 of capital", "sell": "sell 0.5000 of capital"}
+
+    def generate(prompts: list[str]) -> list[str]:
+        return [f"obs\n{lines.get(best[p], 'hold: no trade')}" for p in prompts]
+
+    report = ev.evaluate_callables(episodes, None, None, generate=generate, max_prompts=None)
+    assert report.metrics["decision_accuracy"] == 1.0
+    assert report.metrics["decision_well_formed"] == 1.0
+    items = report.items
+    expected = np.select(
+        [items["target"] == "buy", items["target"] == "sell"],
+        [0.5 * items["cf_reward_buy"], 0.5 * items["cf_reward_sell"]],
+        0.0,
+    )
+    np.testing.assert_allclose(items["reward"], expected)
+    model = report.backtest.set_index("strategy").loc["model"]
+    assert model["total_return"] == pytest.approx(expected.sum())
+    assert report.metrics["backtest_model_total_return"] == pytest.approx(expected.sum())
+    assert "preference_accuracy" not in report.metrics and report.prm is None
+
+
+def test_evaluate_checkpoints_on_tiny_models(checkpoints: dict[str, Path]) -> None:
+    episodes = _test_split(episodes_frame())
+    pairs = synthetic.dpo_frame(60)
+    traces = synthetic.prm_frame(60)
+    report = ev.evaluate_checkpoints(
+        checkpoints["dpo"],
+        checkpoints["prm"],
+        episodes,
+        pairs,
+        traces,
+        max_prompts=MAX_PROMPTS,
+        seed=0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        device="cpu",
+    )
+    m = report.metrics
+    assert m["decision_n"] == MAX_PROMPTS and m["decision_points_total"] == N_POINTS
+    for key in (
+        "decision_accuracy",
+        "decision_well_formed",
+        "decision_parsed",
+        "preference_accuracy",
+        "prm_auc",
+        "prm_faulty_step_found",
+        "prm_faulty_step_chance",
+    ):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert math.isfinite(m["preference_mean_margin"])
+    assert m["preference_n"] == (pairs["split"] == "test").sum()
+    assert m["prm_n_traces"] == (traces["split"] == "test").sum()
+    assert m["prm_faulty_step_lift"] == pytest.approx(
+        m["prm_faulty_step_found"] - m["prm_faulty_step_chance"]
+    )
+    # per-item scores for the gate
+    items = report.items
+    assert list(items.columns) == list(ev.ITEM_COLUMNS)
+    assert len(items) == MAX_PROMPTS and items["item_id"].is_unique
+    assert set(items["correct"].dropna().unique()) <= {0.0, 1.0}
+    assert items["reward"].notna().all()
+    # backtest: the model, both baselines and every reference policy, on the same points
+    table = report.backtest.set_index("strategy")
+    assert {"model", "hold", "random", "policy:momentum", "policy:mean_reversion"} <= set(
+        table.index
+    )
+    assert (table["n"] == MAX_PROMPTS).all()
+    assert table.loc["hold", "total_return"] == 0.0
+    for column in ("total_return", "sharpe", "max_drawdown"):
+        assert column in table.columns
+    assert "| policy:momentum |" in report.backtest_markdown()
+
+
+# ---------------------------------------------------------------- the gate (pure)
+
+
+def _items(scores: list[float], column: str = "correct") -> pd.DataFrame:
+    frame = pd.DataFrame({"item_id": [f"dp{i:03d}" for i in range(len(scores))]})
+    frame["correct"] = scores if column == "correct" else 0.0
+    frame["reward"] = scores if column == "reward" else 0.0
+    return frame
+
+
+def test_gate_without_champion_promotes() -> None:
+    decision = ev.gate_decision(_items([0.0] * 20), None)
+    assert decision.promote and "first model" in decision.reason
+
+
+def test_gate_clearly_better_challenger_promotes() -> None:
+    rng = np.random.default_rng(0)
+    champion = (rng.random(60) < 0.3).astype(float)
+    challenger = np.maximum(champion, (rng.random(60) < 0.6).astype(float))
+    decision = ev.gate_decision(_items(list(challenger)), _items(list(champion)))
+    assert decision.promote, decision.reason
+    assert decision.statistics["ci_low"] > 0
+
+
+@pytest.mark.parametrize("delta", [0.0, -0.3])
+def test_gate_equal_or_worse_challenger_is_blocked(delta: float) -> None:
+    rng = np.random.default_rng(1)
+    champion = rng.normal(size=60)
+    challenger = champion + delta
+    decision = ev.gate_decision(
+        _items(list(challenger), "reward"), _items(list(champion), "reward"), score="reward"
+    )
+    assert not decision.promote, decision.reason
+
+
+def test_gate_needs_the_same_items() -> None:
+    champion = _items([0.0] * 20)
+    challenger = _items([1.0] * 20)
+    challenger.loc[0, "item_id"] = "elsewhere"
+    decision = ev.gate_decision(challenger, champion)
+    assert not decision.promote and "different items" in decision.reason
+    # items without a target are left out of the 'correct' comparison, on both sides
+    with_gap = _items([1.0] * 20)
+    with_gap.loc[0, "correct"] = math.nan
+    assert ev.gate_scores(with_gap).keys() == set(with_gap["item_id"][1:])
+
+
+# ---------------------------------------------------------------- Dagster + MLflow registry
+
+
+def _register(client, name: str, source: Path) -> str:
+    return str(client.create_model_version(name, source=str(source)).version)
+
+
+def _report_model(instance, asset: str, folder: Path, name: str, version: str, run_id: str):
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset,
+            metadata={
+                "checkpoint_path": dg.MetadataValue.path(str(folder)),
+                "mlflow_run_id": run_id,
+                "model_name": name,
+                "model_version": int(version),
+            },
+        )
+    )
+
+
+def _alias(client, name: str) -> str | None:
+    found = ev.champion_version(client, name)
+    return None if found is None else str(found.version)
+
+
+def test_champion_moves_only_when_the_gate_passes(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    storage = StorageResource(root=str(tmp_path / "root"))
+    store = storage.get()
+    episodes = episodes_frame()
+    warehouse = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        con.register("frame", episodes)
+        con.execute("create table fct_decision_episodes as select * from frame")
+    for name, frame in (("dpo", synthetic.dpo_frame(40)), ("prm", synthetic.prm_frame(40))):
+        ev.write_parquet(store, f"datasets/{name}/test.parquet", _test_split(frame))
+    mlflow = MlflowResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+    tracker = mlflow.tracker()
+    client = tracker.client
+    dpo_name, prm_name = ev.DPO_REGISTERED_MODEL, ev.PRM_REGISTERED_MODEL
+    for name in (dpo_name, prm_name):
+        client.create_registered_model(name)
+    parent = tracker.start("dpo", tags={}, params={})
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"storage": storage, "warehouse": WarehouseResource(path=str(warehouse))}
+    resources["mlflow"] = mlflow
+    defs = [*ev.evaluation_assets, *ev.evaluation_checks]
+
+    def release(version: str, gate_score: str = "correct") -> dg.ExecuteInProcessResult:
+        _report_model(instance, "dpo_model", checkpoints["dpo"], dpo_name, version, parent)
+        _report_model(instance, "prm_model", checkpoints["prm"], prm_name, version, "")
+        config = {
+            "max_prompts": MAX_PROMPTS,
+            "max_pairs": 4,
+            "max_traces": 4,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "gate_score": gate_score,
+        }
+        return dg.materialize(
+            defs,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"model_evaluation": {"config": config}}},
+            raise_on_error=False,
+        )
+
+    def verdict(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+        (found,) = result.get_asset_check_evaluations()
+        return found
+
+    def champion_ran(result: dg.ExecuteInProcessResult) -> bool:
+        keys = {m.asset_key for m in result.get_asset_materialization_events()}
+        return dg.AssetKey("champion_model") in keys
+
+    # 1. the first model: no champion yet → passes, champion_model moves both aliases to v1
+    v1 = _register(client, dpo_name, checkpoints["dpo"])
+    assert _register(client, prm_name, checkpoints["prm"]) == v1
+    first = release(v1)
+    assert verdict(first).passed and champion_ran(first)
+    assert _alias(client, dpo_name) == v1 and _alias(client, prm_name) == v1
+    metadata = ev.latest_metadata(instance, ev.EVALUATION_KEY)
+    assert {"decision_accuracy", "prm_auc", "preference_accuracy", "backtest"} <= set(metadata)
+    assert metadata["dpo_model_version"] == v1 and store.exists(metadata["items_path"])
+    eval_run = client.get_run(metadata["mlflow_run_id"])
+    assert eval_run.data.tags["mlflow.parentRunId"] == parent
+    assert "decision_accuracy" in eval_run.data.metrics
+    tags = client.get_model_version(dpo_name, v1).tags
+    assert tags[ev.TAG_DIGEST] == metadata["items_digest"]
+
+    # 2. same weights as v2, champion's stored scores reused (same items) → equal → blocked
+    v2 = _register(client, dpo_name, checkpoints["dpo"])
+    _register(client, prm_name, checkpoints["prm"])
+    second = release(v2)
+    check = verdict(second)
+    assert not check.passed and not champion_ran(second)
+    assert check.metadata["champion_scores"].value == "reused"
+    assert _alias(client, dpo_name) == v1 and _alias(client, prm_name) == v1
+
+    # 3. without stored scores the champion checkpoint (the version's source) is scored on the
+    #    challenger's items: identical weights → still blocked
+    client.delete_model_version_tag(dpo_name, v1, ev.TAG_DIGEST)
+    third = release(v2)
+    check = verdict(third)
+    assert not check.passed and not champion_ran(third)
+    assert check.metadata["champion_scores"].value == "evaluated"
+    assert _alias(client, dpo_name) == v1
+
+    # 4. a champion whose stored per-item rewards are clearly worse (gate on 'reward') → the
+    #    challenger passes and champion_model moves both aliases to v2
+    client.set_model_version_tag(dpo_name, v1, ev.TAG_DIGEST, metadata["items_digest"])
+    worse = ev.read_parquet(store, metadata["items_path"]).assign(reward=-1.0)
+    ev.write_parquet(store, metadata["items_path"], worse)
+    fourth = release(v2, gate_score="reward")
+    assert verdict(fourth).passed and champion_ran(fourth)
+    assert _alias(client, dpo_name) == v2 and _alias(client, prm_name) == v2
+
+
+def test_champion_model_refuses_without_a_passed_check(tmp_path: Path) -> None:
+    """champion_model run on its own (no passed beats_champion for the latest evaluation)
+    fails instead of moving the alias."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("model_evaluation", metadata={"dpo_model_version": "1"})
+    )
+    mlflow = MlflowResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+    result = dg.materialize(
+        [ev.champion_model],
+        instance=instance,
+        resources={"mlflow": mlflow},
+        raise_on_error=False,
+    )
+    assert not result.success

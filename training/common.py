@@ -1,0 +1,212 @@
+"""What the three stages share: Trainer arguments, metric callbacks, saving, the result.
+
+Each stage module reads top to bottom as: validate config -> Trainer arguments (first, so that
+DeepSpeed ZeRO-3 can shard the model as it loads) -> data -> model -> trainer -> train ->
+evaluate -> save. The pieces here keep those modules short.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from training import checkpoint
+from training.config import _StageConfig
+
+# on_log(step, logs): called on the main process each time the Trainer logs (loss, lr, eval).
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a stage returns to its caller (an orchestrator logs these)."""
+
+    stage: str
+    checkpoint_dir: str  # <output_dir>/final: safetensors, tokenizer, training_config, lineage
+    metrics: dict[str, float]  # train_* and eval_* scalars (NaN where not measured)
+    log_history: list[dict[str, Any]]  # every Trainer log entry, in order
+    config: dict[str, Any]  # the resolved config written to training_config.json
+    lineage: dict[str, Any]  # what was written to lineage.json
+    data_files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of inputs read
+
+
+class LogCallback(TrainerCallback):
+    """Forward the Trainer's log entries to a plain function (MLflow, Dagster Pipes, print)."""
+
+    def __init__(self, fn: LogFn) -> None:
+        self.fn = fn
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+            self.fn(state.global_step, numbers)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def close_distributed() -> None:
+    """Tear down the process group the Trainer (or DeepSpeed) opened, before the process exits.
+
+    Left open, NCCL warns that resources may leak; call it at the end of a process, not between
+    stages of one process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def resolved_config(cfg: _StageConfig) -> dict[str, Any]:
+    """The config as given, plus what 'auto' turned into on this machine."""
+    out = cfg.to_dict()
+    out["resolved"] = {
+        "device": cfg.resolved_device(),
+        "precision": cfg.resolved_precision(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "deepspeed": cfg.deepspeed_config(),
+    }
+    return out
+
+
+def trainer_arguments(cfg: _StageConfig, args_cls: type, has_eval: bool, **stage_kwargs: Any):
+    """``args_cls`` (TrainingArguments, SFTConfig or DPOConfig) from the stage config.
+
+    Everything a trl config would otherwise default for us is set explicitly: trl defaults to
+    bf16 and gradient checkpointing, which are wrong on CPU and for small models.
+    """
+    t = cfg.train
+    device, precision = cfg.resolved_device(), cfg.resolved_precision()
+    eval_strategy = "steps" if has_eval and t.eval_steps else "no"
+    return args_cls(
+        output_dir=t.output_dir,
+        seed=t.seed,
+        data_seed=t.seed,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # transformers 5 renamed gradient_checkpointing; setting the new name also overrides
+        # trl's default of True for the old one.
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if t.gradient_checkpointing
+        else None,
+        deepspeed=cfg.deepspeed_config(),
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps if eval_strategy == "steps" else None,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        report_to="none",
+        disable_tqdm=t.disable_tqdm,
+        dataloader_num_workers=t.dataloader_num_workers,
+        # Tokens/s is the throughput number that compares across batch shapes.
+        include_num_input_tokens_seen="non_padding",
+        **stage_kwargs,
+    )
+
+
+def callbacks_for(on_log: LogFn | None, callbacks: list | None) -> list:
+    out = list(callbacks or [])
+    if on_log is not None:
+        out.append(LogCallback(on_log))
+    return out
+
+
+def train_and_measure(trainer) -> dict[str, float]:
+    """Run training; return train_* metrics including tokens and tokens/s."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    output = trainer.train()
+    wall = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
+    tokens = float(trainer.state.num_input_tokens_seen or 0)
+    metrics["train_tokens"] = tokens
+    metrics["train_tokens_per_second"] = tokens / wall if wall > 0 else math.nan
+    metrics["train_wall_seconds"] = wall
+    metrics["train_global_steps"] = float(trainer.state.global_step)
+    if torch.cuda.is_available() and trainer.args.device.type == "cuda":
+        metrics["train_peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
+    return metrics
+
+
+def zero_stage(cfg: _StageConfig) -> int:
+    ds = cfg.deepspeed_config() or {}
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def evaluation_model(trainer, cfg: _StageConfig, folder: str, loader: Callable[[str], Any]):
+    """The model to run our own evaluation on: the trained module, unwrapped.
+
+    Under ZeRO-3 each rank holds a shard of every weight, so the saved checkpoint (gathered on
+    save) is loaded instead, onto the training device.
+    """
+    if zero_stage(cfg) == 3:
+        return loader(folder).to(trainer.args.device)
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def save_weights(trainer, tokenizer, cfg: _StageConfig) -> str:
+    """save_pretrained (safetensors) and the tokenizer into <output_dir>/final."""
+    folder = Path(cfg.train.output_dir) / "final"
+    # Every rank takes part (ZeRO-3 gathers shards); only the main process writes files.
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(folder)
+        # The Trainer pickles its arguments next to the weights; training_config.json replaces it.
+        (folder / "training_args.bin").unlink(missing_ok=True)
+    return str(folder)
+
+
+def finish(
+    trainer,
+    cfg: _StageConfig,
+    folder: str,
+    *,
+    base_model: str,
+    started_at: str,
+    metrics: dict[str, float],
+    lineage: dict[str, Any] | None,
+    data_files: dict[str, str],
+) -> TrainResult:
+    """Write training_config.json and lineage.json next to the weights; build the result."""
+    config = resolved_config(cfg)
+    record = checkpoint.lineage_record(
+        lineage,
+        stage=cfg.stage,
+        base_model=base_model,
+        started_at=started_at,
+        ended_at=checkpoint.now(),
+        data_files=data_files,
+        metrics=metrics,
+    )
+    if trainer.is_world_process_zero():
+        checkpoint.write_metadata(folder, config, record)
+    return TrainResult(
+        stage=cfg.stage,
+        checkpoint_dir=folder,
+        metrics=metrics,
+        log_history=list(trainer.state.log_history),
+        config=config,
+        lineage=record,
+        data_files=data_files,
+    )

@@ -1,0 +1,95 @@
+"""Stage 1, supervised fine-tuning: imitate the completions of ds_sft.
+
+trl's SFTTrainer on conversational prompt-completion rows: the chat template renders the prompt
+as the user turn and the completion (reasoning steps, then the decision line) as the assistant
+turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
+to answer rather than to echo market prompts.
+
+After training: eval loss, and decision accuracy of greedy generations on up to
+``eval_generate_samples`` evaluation prompts (the last line's buy/sell/hold against the
+reference's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from training import checkpoint, common, cpu_head, data, evaluate, models
+from training.config import SFTStageConfig
+
+
+def train_sft(
+    cfg: SFTStageConfig,
+    lineage: dict[str, Any] | None = None,
+    *,
+    train_rows: data.Rows | None = None,
+    eval_rows: data.Rows | None = None,
+    on_log: common.LogFn | None = None,
+    callbacks: list | None = None,
+) -> common.TrainResult:
+    """Fine-tune ``cfg.model`` on ds_sft; return metrics and the checkpoint folder.
+
+    Rows come from ``cfg.data.files`` (split column) unless passed in as frames/datasets.
+    """
+    cfg.validate()
+    checkpoint.check_lineage(lineage)
+    started_at = checkpoint.now()
+
+    train_raw, eval_raw, files = data.load_splits(cfg.data, "sft", train_rows, eval_rows)
+    # Arguments before the model: with ZeRO-3 they switch on sharded loading.
+    args = common.trainer_arguments(
+        cfg,
+        SFTConfig,
+        has_eval=eval_raw is not None,
+        max_length=cfg.train.max_length,
+        completion_only_loss=cfg.completion_only_loss,
+        packing=cfg.packing,
+        dataset_num_proc=None,
+    )
+    model, tokenizer = models.load_model(cfg.model, task="causal", seed=cfg.train.seed)
+
+    system = cfg.data.system_prompt
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.to_sft(train_raw, system),
+        eval_dataset=data.to_sft(eval_raw, system) if eval_raw is not None else None,
+        processing_class=tokenizer,
+        callbacks=common.callbacks_for(on_log, callbacks),
+    )
+    if args.device.type == "cpu":
+        cpu_head.use_plain_lm_head(trainer.model)
+    metrics = common.train_and_measure(trainer)
+    if eval_raw is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
+    folder = common.save_weights(trainer, tokenizer, cfg)
+
+    if eval_raw is not None and cfg.eval_generate_samples and trainer.is_world_process_zero():
+        rows = eval_raw.select(range(min(cfg.eval_generate_samples, len(eval_raw))))
+        trained = common.evaluation_model(
+            trainer, cfg, folder, AutoModelForCausalLM.from_pretrained
+        )
+        scores = evaluate.decision_accuracy(
+            trained,
+            tokenizer,
+            rows["prompt"],
+            rows["completion"],
+            system=system,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.train.per_device_eval_batch_size,
+        )
+        metrics.update({f"eval_{k}": v for k, v in scores.items()})
+
+    return common.finish(
+        trainer,
+        cfg,
+        folder,
+        base_model=cfg.model.name_or_path,
+        started_at=started_at,
+        metrics=metrics,
+        lineage=lineage,
+        data_files=data.file_digests(files),
+    )
