@@ -89,6 +89,7 @@ test-slow: install
 bench: install
 	$(PY) -m benchmarks.ingest_bench
 	$(PY) -m benchmarks.episodes_bench
+	$(PY) -m benchmarks.training_bench
 
 SMOKE_ARGS ?=
 gpu-smoke: install
