@@ -191,10 +191,13 @@ def main() -> int:
     storage, feeds = resources["storage"].get(), resources["feeds"].load()
     rel, new = land_default(storage, feeds)
     print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)}")
-    if "recorded-decisions" in feeds:
-        _land_frame(storage, feeds["recorded-decisions"], desk_journal(), "desk-journal.csv")
     instance = DagsterInstance.get()
     _ingest_landed(instance, storage, feeds)
+    # The journal lands once the bars are in: a recorded decision needs the decision point it
+    # attaches to (landed first, its month's run fails and is redone when the bars arrive).
+    if "recorded-decisions" in feeds:
+        _land_frame(storage, feeds["recorded-decisions"], desk_journal(), "desk-journal.csv")
+        _ingest_landed(instance, storage, feeds)
     warehouse = resources["warehouse"].path
     if "expert-feedback" in feeds and _built(instance, AssetKey("fct_step_labels")):
         frame = simulated_expert_feedback(warehouse)
