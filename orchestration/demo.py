@@ -122,8 +122,12 @@ def _summary(instance: DagsterInstance) -> bool:
         )
     for key in sorted(dataset_models.keys, key=lambda k: k.to_user_string()):
         event = instance.get_latest_materialization_event(key)
-        rows = event.asset_materialization.metadata.get("dagster/row_count") if event else None
-        print(f"  {key.to_user_string()}: {rows.value if rows else 'not built'} rows")
+        if event is None:
+            ok = False
+            print(f"  {key.to_user_string()}: not built")
+            continue
+        rows = event.asset_materialization.metadata.get("dagster/row_count")
+        print(f"  {key.to_user_string()}: built" + (f", {rows.value} rows" if rows else ""))
     for name in ("ds_sft_files", "ds_dpo_files", "ds_prm_files"):
         event = instance.get_latest_materialization_event(AssetKey(name))
         if event is None:
