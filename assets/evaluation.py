@@ -1009,6 +1009,8 @@ def model_evaluation(
             "prm_model_name": str(prm.get("model_name") or PRM_REGISTERED_MODEL),
             "prm_model_version": str(prm.get("model_version") or ""),
             "dpo_checkpoint": str(dpo.get("checkpoint_path") or dpo.get("model_source") or ""),
+            "train_data_until": str(dpo.get("train_data_until") or ""),
+            "data_until": str(dpo.get("data_until") or ""),
             "prm_checkpoint": str(prm.get("checkpoint_path") or prm.get("model_source") or ""),
             "mlflow_run_id": run_id,
             "evaluation_path": dg.MetadataValue.path(store.uri(folder)),
@@ -1117,6 +1119,10 @@ def champion_model(
             "previous_champions": dg.MetadataValue.json(previous),
             "gate_reason": str(_plain(reason)),
             "evaluation_run_id": str(evaluation["dagster_run_id"]),
+            # The training snapshot feature_drift measures against (end of the train data).
+            "snapshot_until": str(evaluation.get("train_data_until") or ""),
+            # The newest decision its dataset held: later mature episodes are new data.
+            "data_until": str(evaluation.get("data_until") or ""),
         }
     )
 

@@ -47,6 +47,7 @@ __all__ = [
     "SimulatorConfig",
     "default_symbols",
     "main",
+    "parse_utc",
     "write_binance_trades",
     "write_csv",
     "write_parquet",
@@ -602,7 +603,8 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_utc(text: str) -> datetime:
+def parse_utc(text: str) -> datetime:
+    """An ISO instant as an aware UTC datetime (a naive one is taken as UTC)."""
     moment = datetime.fromisoformat(text)
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
@@ -630,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--time-unit", choices=("ms", "us"), default="ms", help="binance only")
-    parser.add_argument("--shift-at", type=_parse_utc, default=None, help="UTC instant")
+    parser.add_argument("--shift-at", type=parse_utc, default=None, help="UTC instant")
     args = parser.parse_args(argv)
 
     config = SimulatorConfig(

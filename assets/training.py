@@ -33,7 +33,7 @@ from typing import Any
 import dagster as dg
 
 from assets.datasets import dataset_path, warehouse_connection
-from assets.lineage import dataset_lineage
+from assets.lineage import DATASET_MODELS, dataset_lineage
 from orchestration.dbt import dbt_project
 from orchestration.resources import (
     REPO_ROOT,
@@ -43,6 +43,7 @@ from orchestration.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from orchestration.retraining import RETRAIN_REASON_TAG
 from orchestration.train_pipes import file_sha256, materialization_metadata, run_stage
 
 OWNERS = ["team:ml"]
@@ -152,6 +153,9 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
         store = storage.get()
         with warehouse_connection(warehouse.path) as con:
             lineage = dataset_lineage(con, store, feeds.load(), stage, dbt_project.manifest_path)
+            (data_until,) = con.execute(
+                f"select max(decision_ts) from {DATASET_MODELS[stage]}"
+            ).fetchone()
         _, upstream_run = _latest_metadata(context, upstream)
         lineage["dagster"] = {
             "run_id": context.run_id,
@@ -161,6 +165,8 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
             "episode_partition_keys": list(lineage["episode_partitions"]),
             "code_revision": git_revision(),
             "storage_root": store.root,
+            # Why this run trains (drift, new data, schedule, manual), as the run was tagged.
+            "retrain_reason": context.run.tags.get(RETRAIN_REASON_TAG, "manual"),
         }
         splits = lineage["dataset"]["files"]
         start_from = sft_checkpoint(context) if stage == "dpo" else None
@@ -203,6 +209,17 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
                 )
                 metadata = to_metadata(materialization_metadata(report))
         metadata["launch"] = dg.MetadataValue.text(launch)
+        # The end of the data this model trained on (its train split stops before the dataset's
+        # validation period): feature_drift compares newer decision points against it.
+        metadata["train_data_until"] = dg.MetadataValue.text(
+            str(lineage["dataset"].get("split_validation_start") or "")
+        )
+        # The newest decision in the dataset it was built from: episodes after it are new data.
+        metadata["data_until"] = dg.MetadataValue.text(
+            data_until.isoformat() if data_until is not None else ""
+        )
+        if reason := context.run.tags.get(RETRAIN_REASON_TAG):
+            metadata["retrain_reason"] = dg.MetadataValue.text(reason)
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset

@@ -19,9 +19,12 @@ Run ``python -m benchmarks.training_bench [--quick] [--model M] [--steps N] [--r
    path installs (``training.cpu_head``). The second is the like-for-like baseline: the overhead
    goal (ours / baseline train-loop time <= 1.05) is judged against it; the ratio against the
    unpatched script is printed for information.
-4. Ours and the like-for-like baseline run alternately ``--rounds`` times (2); the unpatched
+4. Ours and the like-for-like baseline run alternately ``--rounds`` times (3); the unpatched
    plain trl script only in the first ``--fused-rounds`` (1) of them, being several times slower.
-   The best (shortest train loop) of each is reported. Same seed everywhere (data order, tiny-model init).
+   The goal is judged on the median CPU time of the train loop (``time.process_time()`` around
+   ``trainer.train()``, OpenMP waits passive): on a shared 2-core machine wall time moved 3-5x
+   between identical runs, CPU time a few percent. The best wall time of each is printed too.
+   Same seed everywhere (data order, tiny-model init).
 5. **Packing efficiency**: the share of non-pad tokens, sum(attention_mask) / numel(input_ids),
    over the batches our trainer's train dataloader yields for the measured steps, with
    ``packing`` off (our default) and on. Batches depend only on the tokenizer, so this uses
@@ -37,6 +40,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,11 +104,12 @@ if spec["cpu_head"]:
     from training.cpu_head import use_plain_lm_head
     use_plain_lm_head(trainer.model)
 
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 trainer.train()
-wall = time.perf_counter() - start
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 print("RESULT " + json.dumps({
     "train_wall_seconds": wall,
+    "train_cpu_seconds": cpu,
     "train_tokens": float(trainer.state.num_input_tokens_seen or 0),
     "train_global_steps": float(trainer.state.global_step),
 }))
@@ -148,7 +153,8 @@ def our_config(args: argparse.Namespace, parquet: Path, out: Path, packing: bool
 def _run(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
     # REPO on the path: the plain script imports training.models (for loading only).
     path = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    # Passive OpenMP waits: spinning threads would bill CPU time for waiting on a busy machine.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, OMP_WAIT_POLICY="PASSIVE")
     start = time.perf_counter()
     done = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, check=False, env=env, timeout=timeout
@@ -167,9 +173,7 @@ def run_ours(args: argparse.Namespace, work: Path, parquet: Path, i: int) -> dic
     cmd = [sys.executable, "-m", "training", "sft", "--config", str(cfg_file)]
     _, wall = _run([*cmd, "--result-json", str(result)], args.timeout)
     m = json.loads(result.read_text())["metrics"]
-    return summarize(
-        "ours", m["train_wall_seconds"], m["train_tokens"], m["train_global_steps"], wall
-    )
+    return summarize("ours", m, wall)
 
 
 def run_plain(
@@ -195,21 +199,25 @@ def run_plain(
     line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("RESULT "))
     m = json.loads(line[len("RESULT ") :])
     name = "plain trl + cpu head" if cpu_head else "plain trl"
-    return summarize(
-        name, m["train_wall_seconds"], m["train_tokens"], m["train_global_steps"], wall
-    )
+    return summarize(name, m, wall)
 
 
-def summarize(name: str, loop: float, tokens: float, steps: float, process: float) -> dict:
+def summarize(name: str, metrics: dict[str, float], process: float) -> dict:
+    loop, steps = metrics["train_wall_seconds"], metrics["train_global_steps"]
     return {
         "name": name,
         "train_loop_seconds": loop,
+        "train_cpu_seconds": metrics["train_cpu_seconds"],
         "process_seconds": process,
         "steps": steps,
-        "tokens": tokens,
+        "tokens": metrics["train_tokens"],
         "steps_per_second": steps / loop,
-        "tokens_per_second": tokens / loop,
+        "tokens_per_second": metrics["train_tokens"] / loop,
     }
+
+
+def median_cpu(rounds: list[dict]) -> float:
+    return statistics.median(r["train_cpu_seconds"] for r in rounds)
 
 
 def packing_efficiency(args: argparse.Namespace, parquet: Path, work: Path) -> dict[str, Any]:
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--logging-steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each (3)")
     parser.add_argument(
         "--fused-rounds",
         type=int,
@@ -330,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.setdefault(name, []).append(r)
                 print(
                     f"  round {i + 1} {name:<22} loop {r['train_loop_seconds']:7.1f} s  "
+                    f"cpu {r['train_cpu_seconds']:7.1f} s  "
                     f"process {r['process_seconds']:7.1f} s  {r['tokens']:.0f} tokens",
                     flush=True,
                 )
@@ -348,17 +357,25 @@ def main(argv: list[str] | None = None) -> int:
     ours, base = best["ours"], best["plain trl + cpu head"]
     ratio_loop = ours["train_loop_seconds"] / base["train_loop_seconds"]
     ratio_proc = ours["process_seconds"] / base["process_seconds"]
-    met = ratio_loop <= GOAL_OVERHEAD
+    # The goal is judged on the train loop's CPU time (median over rounds): wall time on a
+    # shared 2-core box moved 3-5x between identical runs, CPU time a few percent.
+    ratio_cpu = median_cpu(runs["ours"]) / median_cpu(runs["plain trl + cpu head"])
+    met = ratio_cpu <= GOAL_OVERHEAD
     print()
     print(
-        f"ours / plain trl + cpu head, train loop: {ratio_loop:.3f} "
+        f"ours / plain trl + cpu head, train loop CPU time (median): {ratio_cpu:.3f} "
         f"(goal <= {GOAL_OVERHEAD}: {'met' if met else 'NOT met'})"
     )
+    print(f"ours / plain trl + cpu head, train loop wall (best):      {ratio_loop:.3f}")
     print(
         f"ours / plain trl + cpu head, process:    {ratio_proc:.3f} (informational: ours also "
         "validates, writes lineage and saves the checkpoint)"
     )
-    ratios: dict[str, float] = {"loop_vs_cpu_head": ratio_loop, "process_vs_cpu_head": ratio_proc}
+    ratios: dict[str, float] = {
+        "cpu_vs_cpu_head": ratio_cpu,
+        "loop_vs_cpu_head": ratio_loop,
+        "process_vs_cpu_head": ratio_proc,
+    }
     if "plain trl" in best:
         fused = best["plain trl"]
         ratios["loop_vs_plain"] = ours["train_loop_seconds"] / fused["train_loop_seconds"]

@@ -7,26 +7,16 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.datasets import dataset_checks, dataset_files
-from assets.episodes import dataset_models, episode_models
+from assets.episodes import dataset_models, episode_models, seed_specs
 from assets.evaluation import evaluation_assets, evaluation_checks
 from assets.feeds import load_feeds
 from assets.ingestion import build_ingestion_definitions
+from assets.monitoring import monitoring_assets
 from assets.training import training_assets
+from orchestration.freshness import freshness_checks, freshness_sensor
 from orchestration.resources import feeds_file_from_env, resources_from_env
+from orchestration.retraining import retrain_sensor, train_models, weekly_retrain
 from orchestration.sensors import episodes_automation_sensor, landing_sensor
-
-# Trains SFT -> DPO and PRM on the current dataset exports, evaluates them on the test split and
-# promotes them when they beat the champion (no automation yet: retraining triggers come later).
-# Launch it from the UI or `dagster job launch -j train_models`.
-train_models = dg.define_asset_job(
-    "train_models",
-    selection=dg.AssetSelection.groups("training"),
-    description=(
-        "Train sft_model, then dpo_model from it, and prm_model (one MLflow run each); evaluate "
-        "them (model_evaluation) and move the registry alias champion (champion_model) only if "
-        "the blocking check beats_champion passes."
-    ),
-)
 
 
 def build_definitions() -> dg.Definitions:
@@ -37,15 +27,18 @@ def build_definitions() -> dg.Definitions:
         assets=[
             *landing_specs,
             *raw_assets,
+            *seed_specs,
             episode_models,
             dataset_models,
             *dataset_files,
             *training_assets,
             *evaluation_assets,
+            *monitoring_assets,
         ],
-        asset_checks=[*dataset_checks, *evaluation_checks],
+        asset_checks=[*dataset_checks, *evaluation_checks, *freshness_checks],
         jobs=[train_models],
-        sensors=[landing_sensor, episodes_automation_sensor],
+        schedules=[weekly_retrain],
+        sensors=[landing_sensor, episodes_automation_sensor, retrain_sensor, freshness_sensor],
         resources=resources,
     )
 

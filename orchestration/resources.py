@@ -197,6 +197,17 @@ def feeds_file_from_env(env: Mapping[str, str] | None = None) -> str:
     return env.get("DD_FEEDS_FILE") or DEFAULT_FEEDS_FILE
 
 
+# 2 x the default drift window (4 policies' episodes per decision point): enough fresh evidence
+# that a refit is worth its cost even without measured drift.
+DEFAULT_MIN_NEW_MATURE_EPISODES = 8000
+
+
+class RetrainSettings(ConfigurableResource):
+    """Thresholds of the retrain triggers (orchestration/retraining.py)."""
+
+    min_new_mature_episodes: int = DEFAULT_MIN_NEW_MATURE_EPISODES
+
+
 def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, ConfigurableResource]:
     """The resources for this environment; the only place that reads the settings above."""
     env = os.environ if env is None else env
@@ -207,6 +218,7 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
     if env.get("MLFLOW_TRACKING_PASSWORD"):
         mlflow_secrets["password"] = EnvVar("MLFLOW_TRACKING_PASSWORD")
     max_steps = env.get("DD_TRAINING_MAX_STEPS")
+    min_new_mature = env.get("DD_RETRAIN_MIN_NEW_MATURE_EPISODES")
     if env.get("AWS_ACCESS_KEY_ID"):
         secrets["aws_access_key_id"] = EnvVar("AWS_ACCESS_KEY_ID")
     if env.get("AWS_SECRET_ACCESS_KEY"):
@@ -232,5 +244,10 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
             launch=env.get("DD_TRAINING_LAUNCH") or "in_process",
             output_root=env.get("DD_TRAINING_OUTPUT_ROOT") or DEFAULT_TRAINING_ROOT,
             max_steps=int(max_steps) if max_steps else None,
+        ),
+        "retrain_settings": RetrainSettings(
+            min_new_mature_episodes=int(min_new_mature)
+            if min_new_mature
+            else DEFAULT_MIN_NEW_MATURE_EPISODES
         ),
     }

@@ -132,8 +132,9 @@ def landing_sensor(
 # assets become one backfill, hence one run and one dbt build.
 episodes_automation_sensor = dg.AutomationConditionSensorDefinition(
     "episodes_automation",
-    target=dg.AssetSelection.groups("episodes", "datasets"),
+    target=dg.AssetSelection.groups("episodes", "datasets", "monitoring"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Rebuilds episode and dataset partitions whose upstream partitions changed.",
+    description="Rebuilds episode and dataset partitions whose upstream partitions changed, "
+    "and the drift measurement after them.",
 )

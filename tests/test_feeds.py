@@ -54,7 +54,13 @@ def entry(**overrides: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def test_repository_feeds_file() -> None:
     feeds = load_feeds(REPO / "feeds.yaml")
-    assert list(feeds) == ["bokeh-stocks", "sim-trades", "recorded-decisions", "expert-feedback"]
+    assert list(feeds) == [
+        "bokeh-stocks",
+        "sim-trades",
+        "recorded-decisions",
+        "expert-feedback",
+        "live-trades",
+    ]
 
     stocks = feeds["bokeh-stocks"]
     assert (stocks.kind, stocks.format, stocks.interval, stocks.header) == (

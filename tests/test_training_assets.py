@@ -27,9 +27,10 @@ from test_marts import dbt, random_bars, write_raw_bars
 
 from assets.datasets import dataset_files
 from assets.episodes import dataset_models
-from assets.evaluation import evaluation_assets, evaluation_checks
+from assets.evaluation import evaluation_assets, evaluation_checks, latest_metadata
 from assets.feeds import load_feeds
 from assets.ingest import scan_landing
+from assets.monitoring import monitoring_assets
 from assets.storage import Storage
 from assets.training import prm_model, stage_config, training_assets
 from orchestration import lineage as lineage_cli
@@ -426,3 +427,38 @@ def test_evaluation_gate_makes_the_first_model_champion(trained: dict) -> None:
     for stage in ("dpo", "prm"):
         champion = client.get_model_version_by_alias(f"decision-data-{stage}", "champion")
         assert str(champion.version) == str(trained["metadata"][f"{stage}_model"]["model_version"])
+
+
+def test_champion_snapshot_reaches_the_drift_monitor(trained: dict) -> None:
+    """After the gate, champion_model records the end of the champion's training data; the
+    monitors measure against it: feature_drift's reference is the champion and
+    champion_performance scores the champion on what matured after its dataset."""
+    champion_meta = latest_metadata(trained["instance"], dg.AssetKey("champion_model"))
+    if not champion_meta:  # this test also runs alone
+        test_evaluation_gate_makes_the_first_model_champion(trained)
+        champion_meta = latest_metadata(trained["instance"], dg.AssetKey("champion_model"))
+    dpo = trained["metadata"]["dpo_model"]
+    assert champion_meta["snapshot_until"] == dpo["train_data_until"] != ""
+    assert champion_meta["data_until"] == dpo["data_until"] != ""
+    assert champion_meta["snapshot_until"] < champion_meta["data_until"]
+    result = dg.materialize(
+        monitoring_assets,
+        resources=trained["resources"],
+        instance=trained["instance"],
+        run_config={
+            "ops": {
+                "feature_drift": {"config": {"window_rows": 100, "min_rows": 20}},
+                "champion_performance": {"config": {"max_points": 8, "max_new_tokens": 8}},
+            }
+        },
+    )
+    assert result.success
+    metadata = _metadata(result)
+    version = dpo["model_version"]
+    drift = metadata["feature_drift"]
+    assert drift["reference"] == f"decision-data-dpo v{version}"
+    assert drift["snapshot_until"] == champion_meta["snapshot_until"]
+    assert drift["window_start"] >= champion_meta["snapshot_until"]
+    performance = metadata["champion_performance"]
+    assert performance["champion"] == f"decision-data-dpo v{version}"
+    assert performance["since"] == champion_meta["data_until"]

@@ -135,14 +135,17 @@ def train_and_measure(trainer) -> dict[str, float]:
     """Run training; return train_* metrics including tokens and tokens/s."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     output = trainer.train()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
     tokens = float(trainer.state.num_input_tokens_seen or 0)
     metrics["train_tokens"] = tokens
     metrics["train_tokens_per_second"] = tokens / wall if wall > 0 else math.nan
     metrics["train_wall_seconds"] = wall
+    # CPU time of this process (all its threads): unlike wall time, barely moved by other
+    # processes on the machine, so benchmarks can compare runs on a busy box.
+    metrics["train_cpu_seconds"] = cpu
     metrics["train_global_steps"] = float(trainer.state.global_step)
     if torch.cuda.is_available() and trainer.args.device.type == "cuda":
         metrics["train_peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
