@@ -92,6 +92,7 @@ bench: install
 	$(PY) -m benchmarks.episodes_bench
 	$(PY) -m benchmarks.training_bench
 	$(PY) -m benchmarks.collector_bench
+	$(PY) -m benchmarks.loop_latency
 
 # The drift scenario: replay -> collector -> raw -> episodes -> drift -> retrain -> verdict.
 SCENARIO_ARGS ?=

@@ -731,6 +731,9 @@ def export_dataset(con: duckdb.DuckDBPyConnection, storage: Storage, name: str) 
 
 # ---------------------------------------------------------------- Dagster definitions
 
+# Bump when the export's layout or content rules change (the UI then marks exports stale).
+EXPORT_CODE_VERSION = "1"
+
 
 def _contract_check(model: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
@@ -810,6 +813,7 @@ def _dataset_files_asset(name: str, condition: dg.AutomationCondition) -> dg.Ass
         name=f"{model}_files",
         deps=[dg.AssetKey(model)],
         group_name="datasets",
+        code_version=EXPORT_CODE_VERSION,
         owners=OWNERS,
         kinds={"parquet"},
         tags=dict([UNPARTITIONED_TAG]),

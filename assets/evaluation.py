@@ -53,6 +53,7 @@ import pandas as pd
 
 from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
 from training.backtest import SUMMARY_COLUMNS, backtest, model_rewards
+from training.checkpoint import code_digest as training_code_version
 from training.evaluation import (
     DecisionMetrics,
     PreferenceMetrics,
@@ -899,6 +900,7 @@ def _checkpoint_dir(info: Mapping[str, Any], tracker: Any, scratch: Path) -> Pat
 
 @dg.asset(
     name="model_evaluation",
+    code_version=training_code_version(),
     group_name=GROUP,
     owners=OWNERS,
     kinds={"pytorch", "mlflow"},
@@ -1067,6 +1069,7 @@ def beats_champion(
 
 @dg.asset(
     name="champion_model",
+    code_version="1",
     group_name=GROUP,
     owners=OWNERS,
     kinds={"mlflow"},

@@ -96,8 +96,16 @@ def _table_metadata(report: IngestReport, storage_root: str) -> dict[str, dg.Met
         f"{f.quarantined} | {f.error or ''} |"
         for f in report.files[:50]
     )
+    # A range run records one materialization per day with this same metadata: the row count
+    # of a partition is known only when the run built one day; the run's totals are named so.
+    per_day = (
+        {"dagster/row_count": dg.MetadataValue.int(report.rows_accepted)}
+        if len(report.days) == 1
+        else {}
+    )
     return {
-        "dagster/row_count": dg.MetadataValue.int(report.rows_accepted),
+        **per_day,
+        "run_rows_accepted": dg.MetadataValue.int(report.rows_accepted),
         "rows_read": dg.MetadataValue.int(report.rows_read),
         "rows_quarantined": dg.MetadataValue.int(report.rows_quarantined),
         "days": dg.MetadataValue.int(len(report.days)),

@@ -45,6 +45,7 @@ from orchestration.resources import (
 )
 from orchestration.retraining import RETRAIN_REASON_TAG
 from orchestration.train_pipes import file_sha256, materialization_metadata, run_stage
+from training.checkpoint import code_digest as training_code_version
 
 OWNERS = ["team:ml"]
 TRAIN_SPLITS = ("train", "validation")
@@ -131,6 +132,8 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name=f"{stage}_model",
+        # The training code's digest: a change to training/ marks every checkpoint stale.
+        code_version=training_code_version(),
         deps=[dg.AssetKey(k) for k in STAGE_DEPS[stage]],
         group_name="training",
         owners=OWNERS,

@@ -102,7 +102,7 @@ def _summary(instance: DagsterInstance) -> bool:
         meta = event.asset_materialization.metadata
         print(
             f"  {table}: {len(parts)} daily partitions; last run "
-            f"{meta['dagster/row_count'].value} rows accepted, "
+            f"{meta['run_rows_accepted'].value} rows accepted, "
             f"{meta['rows_quarantined'].value} quarantined"
         )
         for check in ("contract", "nothing_lost", "quarantine_rate", "landed_files_readable"):

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,6 +133,10 @@ class Watcher:
         return {k: getattr(v, "value", v) for k, v in m.items()}
 
     def poll(self) -> None:
+        from dagster._core.storage.asset_check_execution_record import (
+            AssetCheckExecutionRecordStatus,
+        )
+
         t = self.timeline
         for f in self.storage.list_files(f"landing/{FEED}"):
             if f.path not in self.files_seen:
@@ -140,16 +145,16 @@ class Watcher:
         raw = self._new_materializations("raw_trades")
         if raw:
             parts = sorted({r.partition_key for r in raw if r.partition_key})
-            rows = sum(int(self._meta(r).get("dagster/row_count", 0) or 0) for r in raw)
+            # Every day of a range run carries the run's totals: count each run once.
+            runs = {r.run_id: self._meta(r).get("run_rows_accepted", 0) for r in raw}
+            rows = sum(int(v or 0) for v in runs.values())
             t.add(
                 "partition ingested",
                 f"raw_trades {', '.join(parts)}: {rows:,} rows accepted",
                 at=raw[-1].timestamp,
             )
         for r in self._new_materializations("fct_decision_episodes"):
-            meta = self._meta(r)
-            rows = meta.get("dagster/row_count", meta.get("row_count", "?"))
-            t.add("episodes built", f"fct_decision_episodes: {rows} rows", at=r.timestamp)
+            t.add("episodes built", f"fct_decision_episodes (run {r.run_id[:8]})", at=r.timestamp)
         for r in self._new_materializations(DRIFT_ASSET):
             m = self._meta(r)
             self.latest[DRIFT_ASSET] = m
@@ -180,7 +185,11 @@ class Watcher:
         record = self.instance.get_latest_asset_check_evaluation_record(
             self.dg.AssetCheckKey(self.dg.AssetKey("model_evaluation"), "beats_champion")
         )
-        if record is not None and record.id != self.check_seen and record.evaluation:
+        finished = (
+            AssetCheckExecutionRecordStatus.SUCCEEDED,
+            AssetCheckExecutionRecordStatus.FAILED,
+        )
+        if record is not None and record.id != self.check_seen and record.status in finished:
             self.check_seen = record.id
             ev = record.evaluation
             meta = {k: getattr(v, "value", v) for k, v in (ev.metadata or {}).items()}
@@ -291,9 +300,32 @@ def stream_day(
         stop(server)
 
 
-def settle(watcher: Watcher, timeout: float, quiet_s: float = 75.0) -> None:
-    """Wait until no run is queued or running for ``quiet_s`` (sensors tick every 30 s)."""
-    quiet_since = [None]
+def latest_timestamp(watcher: Watcher, key: str) -> float:
+    event = watcher.instance.get_latest_materialization_event(watcher.dg.AssetKey(key))
+    return event.timestamp if event is not None else 0.0
+
+
+def settle(watcher: Watcher, timeout: float, quiet_s: float = 45.0) -> None:
+    """Wait until everything downstream of the last landed data was rebuilt (the dataset
+    exports and feature_drift are newer than the last raw_trades materialization) and no run
+    has been queued or running for ``quiet_s``."""
+    quiet_since: list[float | None] = [None]
+    follow = ("ds_sft_files", "ds_dpo_files", "ds_prm_files", DRIFT_ASSET)
+
+    def done() -> bool:
+        raw = latest_timestamp(watcher, "raw_trades")
+        if watcher.runs_in_progress() or any(latest_timestamp(watcher, k) < raw for k in follow):
+            quiet_since[0] = None
+            return False
+        quiet_since[0] = quiet_since[0] or time.time()
+        return time.time() - quiet_since[0] >= quiet_s
+
+    wait_for("the pipeline to follow the new data", done, watcher, timeout)
+
+
+def wait_for_runs(watcher: Watcher, timeout: float, quiet_s: float = 45.0) -> None:
+    """Wait until no run has been queued or running for ``quiet_s``."""
+    quiet_since: list[float | None] = [None]
 
     def quiet() -> bool:
         if watcher.runs_in_progress():
@@ -302,10 +334,18 @@ def settle(watcher: Watcher, timeout: float, quiet_s: float = 75.0) -> None:
         quiet_since[0] = quiet_since[0] or time.time()
         return time.time() - quiet_since[0] >= quiet_s
 
-    wait_for("the pipeline to settle", quiet, watcher, timeout)
+    wait_for("the runs to finish", quiet, watcher, timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.port == 0:
+        args.port = free_port()
     home = args.home.resolve()
     prepare_home(home)
     env = scenario_env(home, args)
@@ -369,7 +409,8 @@ def run(args: argparse.Namespace) -> int:
             watcher,
             args.step_timeout,
         )
-        settle(watcher, args.step_timeout)
+        # The new champion is feature_drift's new reference: let it re-measure.
+        wait_for_runs(watcher, args.step_timeout)
 
         trained = len(watcher.train_runs())
         for day in after:
@@ -386,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
             watcher,
             args.step_timeout,
         )
-        settle(watcher, args.step_timeout, quiet_s=10)
+        wait_for_runs(watcher, args.step_timeout, quiet_s=10)
         timeline.add("result", "drift -> retrain -> challenger verdict")
         return 0
     finally:
@@ -412,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days-after", type=int, default=3)
     parser.add_argument("--base-model", default="tiny")
     parser.add_argument("--train-steps", type=int, default=10)
-    parser.add_argument("--port", type=int, default=8799)
+    parser.add_argument("--port", type=int, default=8799, help="replay server port (0: any free)")
     parser.add_argument("--step-timeout", type=float, default=1200.0, help="seconds per wait")
     return run(parser.parse_args(argv))
 

@@ -16,6 +16,7 @@ so that a registry can log it as one artifact and anyone can tell what produced 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -169,3 +170,14 @@ def load_checkpoint(
         model.to(device)
     model.eval()
     return model, tokenizer, config
+
+
+def code_digest() -> str:
+    """Short SHA-256 of this package's source and configs: what a checkpoint's training code
+    was (orchestrators use it as the training assets' code version)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("configs/*")]):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
