@@ -198,7 +198,7 @@ class Watcher:
                 "challenger verdict",
                 f"{verdict}: challenger v{meta.get('challenger_version')} vs champion "
                 f"{meta.get('champion_version') or '(none)'}: {meta.get('reason')}",
-                at=record.create_timestamp,
+                at=record.event.timestamp if record.event else record.create_timestamp,
                 passed=bool(ev.passed),
             )
 
