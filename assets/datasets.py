@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import operator
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +80,34 @@ INT = pd.Int64Dtype()
 # ---------------------------------------------------------------- warehouse access
 
 
+# DuckDB lets one process write a database file or several read it, not both. Assets in the
+# duckdb_warehouse pool never overlap a dbt writer; readers outside it (training, evaluation)
+# wait for the writer's run to finish instead of failing on its lock.
+LOCK_WAIT_SECONDS = 1800.0
+
+
+def connect_read_only(
+    path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> duckdb.DuckDBPyConnection:
+    """A read-only connection, retried with backoff while another process holds the lock."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 @contextlib.contextmanager
-def warehouse_connection(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the warehouse file, in UTC."""
-    con = duckdb.connect(str(path), read_only=True)
+def warehouse_connection(
+    path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the warehouse file, in UTC (waits out a writer's lock)."""
+    con = connect_read_only(path, wait_seconds)
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")

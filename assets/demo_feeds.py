@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
+from assets.datasets import connect_read_only
 from assets.land import default_feed_file
 
 AGENTS = ("desk-alice", "desk-bob")
@@ -70,7 +70,7 @@ def simulated_expert_feedback(
     """Columns as the ``expert-feedback`` feed declares them (episode_id, step, rating, rater,
     rated_at, comment): ``n_steps`` steps of original traces with an automatic hard label, each
     rated by one of two raters."""
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = connect_read_only(warehouse)
     try:
         steps = con.execute(
             """

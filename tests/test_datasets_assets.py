@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 from test_marts import dbt, random_bars, write_raw_bars
 
@@ -263,3 +264,39 @@ def test_export_to_s3_writes_the_same_bytes(materialized: dict, s3_storage):
         assert entry["uri"].startswith("s3://")
         assert entry["sha256"] == local[f"sha256_{split}"] == s3_storage.sha256(entry["path"])
     assert json.loads(s3_storage.read_bytes("datasets/dpo/manifest.json")) == manifest
+
+
+def test_readers_wait_for_a_writer_lock(tmp_path):
+    """A reader outside the duckdb_warehouse pool (training, evaluation) waits for the writer
+    process to release the file instead of failing, and gives up after its deadline."""
+    import subprocess
+    import sys
+    import time
+
+    from assets.datasets import connect_read_only
+
+    path = tmp_path / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "c.execute('create table t as select 42 as x'); print('locked', flush=True); "
+            "time.sleep(3)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            connect_read_only(path, wait_seconds=0.5)
+        started = time.monotonic()
+        con = connect_read_only(path, wait_seconds=60)
+        assert con.execute("select x from t").fetchone() == (42,)
+        assert time.monotonic() - started > 0.5  # it did wait
+        con.close()
+    finally:
+        writer.wait(timeout=30)
