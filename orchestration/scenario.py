@@ -346,6 +346,9 @@ def free_port() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.port == 0:
         args.port = free_port()
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the daemon and collector are stopped
+    # and the timeline so far is written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     home = args.home.resolve()
     prepare_home(home)
     env = scenario_env(home, args)
