@@ -43,6 +43,7 @@ from assets.drift_stats import (
     compare_windows,
     decide,
 )
+from assets.evaluation import latest_metadata
 from assets.features_oracle import FEATURE_COLUMNS
 from orchestration.automation import follow_upstream_unpartitioned
 from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
@@ -278,17 +279,10 @@ def features_markdown(window: WindowResult) -> str:
 # ---------------------------------------------------------------- the asset
 
 
-def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
-
-
 def champion_reference(instance: dg.DagsterInstance) -> tuple[str | None, str | None, str]:
     """(snapshot_until, data_until, reference id) of the current champion;
     (None, None, 'history') without one."""
-    champion = _latest_metadata(instance, CHAMPION_KEY)
+    champion = latest_metadata(instance, CHAMPION_KEY)
     snapshot = champion.get("snapshot_until") or None
     if not snapshot:
         return None, None, "history"
@@ -324,7 +318,7 @@ def feature_drift(
     snapshot_until, data_until, reference_id = champion_reference(context.instance)
     with warehouse_connection(warehouse.path) as con:
         window, info = measure_drift(con, snapshot_until, config, data_until)
-    previous_meta = _latest_metadata(context.instance, DRIFT_KEY)
+    previous_meta = latest_metadata(context.instance, DRIFT_KEY)
     previous = previous_meta.get("drift_state") or {}
     if isinstance(previous, str):
         previous = json.loads(previous)
@@ -441,7 +435,7 @@ def champion_performance(
         score_checkpoint_decisions,
     )
 
-    champion = _latest_metadata(context.instance, CHAMPION_KEY)
+    champion = latest_metadata(context.instance, CHAMPION_KEY)
     name = str(champion.get("dpo_model_name") or "")
     if not name:
         return dg.MaterializeResult(metadata={"skipped_reason": "no champion yet"})
