@@ -1,7 +1,9 @@
 """Smoke run of all three stages on synthetic data: does training work on this machine, how fast?
 
-    python -m training.gpu_smoke                      # SmolLM2-135M; bf16 + ZeRO-2 on CUDA
+    python -m training.gpu_smoke                      # CUDA: SmolLM2-1.7B's architecture, bf16
+                                                      # + ZeRO-2; CPU: SmolLM2-135M
     python -m training.gpu_smoke --model tiny --steps 5 --json smoke.json   # CPU: < 2 min
+    python -m training.gpu_smoke --arch smollm2-360m  # random weights of another real shape
 
 SFT, then DPO from the SFT checkpoint, then PRM, each for ``--steps`` optimizer steps on
 synthetic rows in the ds_sft / ds_dpo / ds_prm shape (training/synthetic.py). On CUDA each stage
@@ -11,7 +13,14 @@ stage is rerun without it and the table says why. On CPU: fp32, no DeepSpeed.
 Each stage runs in its own child process so that its peak memory is its own (CUDA
 max_memory_allocated on GPU, peak RSS on CPU), a crash or hang in one stage cannot take the
 others down (``--stage-timeout``), and DeepSpeed's global state never leaks between stages.
-Prints one summary table; ``--json OUT`` writes the same rows. Exit code 1 if any stage failed.
+Prints one summary table with tokens/s and model FLOPs utilisation (MFU: the model's training
+FLOPs per token, 6 N + 12 L d T as in PaLM's appendix B, times tokens/s, over the device's dense
+bf16 peak; DPO's frozen reference forward is not counted, so its MFU is a lower bound);
+``--json OUT`` writes the same rows. Exit code 1 if any stage failed.
+
+``--arch`` builds a model of a real architecture (SmolLM2-1.7B by default on CUDA, so at least
+0.5B parameters) with random weights and the SmolLM2 tokenizer: weights cannot travel to a lent
+GPU machine without the network, and throughput does not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -29,6 +38,91 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("sft", "dpo", "prm")
+
+# Real architectures (Hugging Face configs of the SmolLM2 family), for random-weight throughput.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "rope_theta": 100000.0,
+    },
+    "smollm2-360m": {
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "rope_theta": 100000.0,
+    },
+    "smollm2-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "rope_theta": 130000.0,
+    },
+}
+
+# Dense bf16 peak FLOP/s by device name (vendor datasheets, without sparsity).
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 125e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The device's dense bf16 peak, or None when unknown (CPU, an unlisted GPU)."""
+    for marker, flops in PEAK_BF16_FLOPS:
+        if marker in device_name:
+            return flops
+    return None
+
+
+def training_flops_per_token(config: Any, seq_len: int) -> float:
+    """6 N (weights, forward + backward) + 12 L d T (attention scores), PaLM appendix B.
+
+    N counts the non-embedding parameters plus the output projection (a matmul per token even
+    when tied to the input embedding, which is a lookup).
+    """
+    d, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * config.intermediate_size
+    matmul_params = layers * per_layer + d * config.vocab_size
+    return 6 * matmul_params + 12 * layers * d * seq_len
+
+
+def build_architecture(name: str, folder: Path, cache_dir: str | None) -> Path:
+    """A model folder of architecture ``name`` with random weights and the SmolLM2 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training.models import ensure_smollm2_tokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(ensure_smollm2_tokenizer(cache_dir))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        **ARCHITECTURES[name],
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # ------------------------------------------------------------------------- one stage (child)
@@ -103,7 +197,38 @@ def run_stage(stage: str, opts: dict[str, Any]) -> dict[str, Any]:
         "quality": m.get(quality),
         "wall_s": m.get("train_wall_seconds"),
         "checkpoint": result.checkpoint_dir,
+        **_utilisation(cfg, opts, m.get("train_tokens_per_second"), cuda),
     }
+
+
+def _utilisation(cfg: Any, opts: dict[str, Any], tokens_per_s: float | None, cuda: bool) -> dict:
+    """Parameters, model FLOPs per token and MFU of a stage's run."""
+    import torch
+    from transformers import AutoConfig
+
+    path = opts["model_path"]
+    if opts["model"] == "tiny" or not Path(path).is_dir():
+        return {}
+    config = AutoConfig.from_pretrained(path)
+    flops_token = training_flops_per_token(config, opts["max_length"])
+    peak = peak_flops(torch.cuda.get_device_name(0)) if cuda else None
+    achieved = flops_token * tokens_per_s if tokens_per_s else None
+    return {
+        "params_b": opts.get("params", 0) / 1e9,
+        "model_tflops": achieved / 1e12 if achieved else None,
+        "mfu": achieved / peak if achieved and peak else None,
+    }
+
+
+def _parameter_count(model_path: str) -> int:
+    """Parameters of the model folder, counted without loading weights (meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _peak_rss() -> int:
@@ -156,8 +281,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ("precision", "{}"),
         ("deepspeed", "{}"),
         ("steps", "{}"),
+        ("params_b", "{:.2f}"),
         ("train_loss", "{:.3f}"),
         ("tokens_per_s", "{:.0f}"),
+        ("model_tflops", "{:.1f}"),
+        ("mfu", "{:.1%}"),
         ("steps_per_s", "{:.2f}"),
         ("peak_mem_gib", "{:.2f}"),
         ("quality", "{:.3f}"),
@@ -193,8 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model",
-        default="smollm2-135m-instruct",
-        help="'tiny', 'smollm2-135m-instruct', a folder or hub id",
+        default=None,
+        help="'tiny', 'smollm2-135m-instruct', a folder or hub id (default: --arch on CUDA, "
+        "smollm2-135m-instruct on CPU)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        default=None,
+        help="random weights of this architecture (default on CUDA: smollm2-1.7b)",
     )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per stage")
     parser.add_argument("--batch-size", type=int, default=None, help="default 8 on CUDA, 4 on CPU")
@@ -223,13 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dd-gpu-smoke-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.model is None and args.arch is None:
+        args.arch = "smollm2-1.7b" if cuda else None
+        args.model = None if cuda else "smollm2-135m-instruct"
+    if args.arch:
+        args.model = str(build_architecture(args.arch, work / f"arch-{args.arch}", args.cache_dir))
     batch = args.batch_size or (8 if cuda else 4)
     rows = args.rows or max(64, 2 * batch * args.steps)
     context = args.context_lines if args.context_lines is not None else (12 if cuda else 0)
     header = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "torch": torch.__version__,
-        "model": args.model,
+        "model": args.arch or args.model,
         "workdir": str(work),
     }
     print("gpu_smoke:", json.dumps(header), flush=True)
@@ -239,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.dpo_frame(rows, context_lines=context).to_parquet(work / "dpo.parquet")
     synthetic.prm_frame(rows, context_lines=context).to_parquet(work / "prm.parquet")
     _, model_path = resolve_source(ModelConfig(name_or_path=args.model, cache_dir=args.cache_dir))
+    params = _parameter_count(model_path) if args.model != "tiny" else 0
+    header["params"] = params
 
     deepspeed_ok = cuda and not args.no_deepspeed
     notes: list[str] = []
@@ -260,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": batch,
             "max_length": args.max_length,
             "deepspeed": deepspeed_ok,
+            "params": params,
         }
         print(f"gpu_smoke: {stage} (deepspeed={'zero2' if deepspeed_ok else 'off'})", flush=True)
         row = _launch(stage, opts, args.stage_timeout)
