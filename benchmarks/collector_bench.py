@@ -2,14 +2,14 @@
 
 Run ``python -m benchmarks.collector_bench [--messages 200000] [--repeat 2] [--out FILE]``.
 
-Setup (untimed): ``python -m assets.replay --speed 0`` in a child process, replaying one
+Setup (untimed): ``python -m assets.live.replay --speed 0`` in a child process, replaying one
 simulated day of ``--symbols`` symbols (about ``--messages`` trades in all) as fast as the socket
 takes them. Both variants connect to it, one after the other, the same number of times
 (interleaved, best run reported):
 
 - ``baseline``: a bare ``websockets`` client that receives every message and ``json.loads`` it,
   nothing else: the floor of any Python consumer of this stream on this machine;
-- ``collector``: :class:`assets.collector.Collector` in this process, default batching except
+- ``collector``: :class:`assets.live.collector.Collector` in this process, default batching except
   ``--flush-messages``, into a fresh local storage root, until every trade is *landed* (the final
   batch committed), so parsing, validation, CSV rows, hashing and atomic commits are all inside.
 
@@ -38,9 +38,9 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from assets.collector import Collector, CollectorConfig
-from assets.simulator import MarketSimulator, SimulatorConfig, default_symbols
-from assets.storage import Storage
+from assets.core.storage import Storage
+from assets.live.collector import Collector, CollectorConfig
+from assets.live.simulator import MarketSimulator, SimulatorConfig, default_symbols
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "collector.json"
@@ -155,7 +155,7 @@ def start_server(symbols: int, trades_per_day: int) -> tuple[subprocess.Popen, s
     command = [
         sys.executable,
         "-m",
-        "assets.replay",
+        "assets.live.replay",
         "--speed",
         "0",
         "--port",

@@ -4,13 +4,13 @@ default-history backfill in one run against one run per monthly partition.
 
 Run ``python -m benchmarks.episodes_bench [--quick] [--json FILE]`` (see benchmarks/README.md).
 
-1. **Episodes.** ``assets.simulator`` simulates ``--symbols`` x ``--days`` of trades (and as many
+1. **Episodes.** ``assets.live.simulator`` simulates ``--symbols`` x ``--days`` of trades (and as many
    days again for the doubling), lands them as Binance dumps in the ``sim-trades`` feed and
    ingests them (``scan_landing`` + ``ingest_partitions``, a few days per call): untimed set-up.
    Timed: one ``dbt build --select +int_counterfactuals --exclude-resource-type test`` over the
    whole range on a fresh DuckDB warehouse (the seed, the staging views, int_bars …
    int_counterfactuals), and the same work in pandas from the same raw Parquet: bars by
-   ``groupby(symbol, minute)``, ``features_oracle.compute_features``, decision point ids,
+   ``groupby(symbol, minute)``, ``point_in_time_features.compute_features``, decision point ids,
    ``policies.decide`` for every (point, policy), int_outcomes with ``groupby().shift``, and
    ``counterfactuals_oracle.compute_counterfactuals``. The row-by-row stages (ids, decisions,
    counterfactuals: their cost is per decision point, and per series for the analog search) run
@@ -19,7 +19,7 @@ Run ``python -m benchmarks.episodes_bench [--quick] [--json FILE]`` (see benchma
 2. **Backfill.** The default feed (bokeh-stocks, daily bars 2000-2013) is landed and ingested;
    one Dagster-style run over 2000-01 … 2013-12 (168 monthly partitions) is timed against
    ``--partitions`` single monthly partitions in date order, one run each, with the vars
-   ``assets.episodes.dbt_vars`` gives a partition. A run is what ``episode_models`` invokes,
+   ``assets.episodes.dbt_assets.dbt_vars`` gives a partition. A run is what ``episode_models`` invokes,
    data tests left out: the refresh of staging views and seeds, then the build.
 
 Wall times are single runs (dbt subprocesses included); CPU time is this process's and its
@@ -118,15 +118,15 @@ def land_and_ingest(
     ``root/landing/sim-trades`` and ingested into ``root/raw/trades``."""
     import numpy as np
 
-    from assets.feeds import load_feeds
-    from assets.ingest import ingest_partitions, new_connection, scan_landing
-    from assets.simulator import (
+    from assets.core.feeds import load_feeds
+    from assets.core.storage import Storage
+    from assets.ingestion.ingest import ingest_partitions, new_connection, scan_landing
+    from assets.live.simulator import (
         MarketSimulator,
         SimulatorConfig,
         default_symbols,
         write_binance_trades,
     )
-    from assets.storage import Storage
 
     config = SimulatorConfig(
         symbols=default_symbols(n_symbols), seed=seed, trades_per_day=trades_per_day
@@ -340,7 +340,7 @@ def pandas_outcomes(bars: Any, horizons: list[int], lookahead_days: int) -> Any:
     import numpy as np
     import pandas as pd
 
-    from assets.features_oracle import bar_length, normalize_bars
+    from assets.episodes.point_in_time_features import bar_length, normalize_bars
 
     bars = normalize_bars(bars)
     series = bars.groupby(["symbol", "bar_interval"], sort=False)
@@ -369,7 +369,7 @@ def pandas_outcomes(bars: Any, horizons: list[int], lookahead_days: int) -> Any:
 
 
 def pandas_decision_points(features: Any) -> Any:
-    from assets.features_oracle import decision_point_id
+    from assets.episodes.point_in_time_features import decision_point_id
 
     points = features[features["warm"]].reset_index(drop=True)
     points.insert(
@@ -387,7 +387,7 @@ def pandas_decisions(points: Any, seed_path: Path) -> Any:
     """int_decisions with the Python oracle: decide() for every (decision point, policy)."""
     import pandas as pd
 
-    from assets.policies import decide, episode_id, load_policies
+    from assets.episodes.reference_policies import decide, episode_id, load_policies
 
     policies = load_policies(seed_path)
     rows = []
@@ -428,8 +428,8 @@ def pandas_run(
     """Every stage timed; the row-by-row stages on ``subset`` (None: all symbols)."""
     import gc
 
-    from assets.counterfactuals_oracle import compute_counterfactuals
-    from assets.features_oracle import compute_features
+    from assets.episodes.counterfactuals_oracle import compute_counterfactuals
+    from assets.episodes.point_in_time_features import compute_features
 
     horizons = [int(h) for h in dbt_vars.get("horizons", [1, 5, 20])]
     lookback = int(dbt_vars.get("lookback_days", 400))
@@ -441,7 +441,7 @@ def pandas_run(
     say("pandas: trades → 1-minute bars …")
     with timed(stages, "bars"):
         bars = pandas_bars(root)
-    say("pandas: features (features_oracle.compute_features) …")
+    say("pandas: features (point_in_time_features.compute_features) …")
     with timed(stages, "features"):
         features = compute_features(bars, lookback_days=lookback)
     say("pandas: outcomes (groupby().shift) …")
@@ -548,16 +548,16 @@ def month_keys(first: str, last: str) -> list[str]:
 
 def partition_vars() -> Callable[[list[str], str], dict[str, str]]:
     """Vars of a run over partitions ``keys`` (consecutive months), as episode_models passes
-    them: assets.episodes.dbt_vars of the window from the first key's start to the last key's
+    them: assets.episodes.dbt_assets.dbt_vars of the window from the first key's start to the last key's
     end."""
     import dagster as dg
 
-    from orchestration.partitions import monthly_partitions
+    from assets.core.partitions import monthly_partitions
 
     try:
-        from assets.episodes import dbt_vars
+        from assets.episodes.dbt_assets import dbt_vars
     except Exception as exc:  # e.g. no manifest yet: the same rule, written out
-        say(f"note: assets.episodes does not import ({exc!r}); using its rule directly")
+        say(f"note: assets.episodes.dbt_assets does not import ({exc!r}); using its rule directly")
 
         def dbt_vars(window: Any, storage_root: str) -> dict[str, str]:
             return {
@@ -577,10 +577,10 @@ def partition_vars() -> Callable[[list[str], str], dict[str, str]]:
 def backfill(
     project_dir: Path, work: Path, select: str, n_partitions: int, first_partition: str
 ) -> dict[str, Any]:
-    from assets.feeds import load_feeds
-    from assets.ingest import day_range, ingest_partitions, new_connection, scan_landing
-    from assets.land import DEFAULT_FEED, land_default
-    from assets.storage import Storage
+    from assets.core.feeds import load_feeds
+    from assets.core.storage import Storage
+    from assets.ingestion.ingest import day_range, ingest_partitions, new_connection, scan_landing
+    from assets.ingestion.landing import DEFAULT_FEED, land_default
 
     root = work / "history"
     storage = Storage(str(root))
@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         base = episode_run(project_dir, work, "base", root, args.days, args.select)
         runs = {"base": base}
         if not args.no_pandas:
-            from assets.simulator import default_symbols
+            from assets.live.simulator import default_symbols
 
             names = list(default_symbols(args.symbols))
             subset = (

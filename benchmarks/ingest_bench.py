@@ -4,7 +4,7 @@ Run ``python -m benchmarks.ingest_bench [--rows 5000000] [--out DIR]`` (see benc
 
 Three variants read the same simulated ``binance-trades`` file (``sim-trades`` feed of feeds.yaml):
 
-- ``ours``: :func:`assets.ingest.scan_landing` + :func:`assets.ingest.ingest_partitions` into a
+- ``ours``: :func:`assets.ingestion.ingest.scan_landing` + :func:`assets.ingestion.ingest.ingest_partitions` into a
   fresh storage root (so the landing index is rebuilt and the file hashed every time);
 - ``pandas``: ``pd.read_csv`` with names and dtypes, the same checks vectorized in NumPy/pandas,
   split into accepted and quarantined rows, ``to_parquet`` both;
@@ -45,12 +45,14 @@ DAY = date(2024, 1, 2)
 DEFAULT_ROWS = 5_000_000
 # One simulated symbol-day must stay under the simulator's TRADE_ID_STRIDE (10 million trades).
 MAX_ROWS = 9_000_000
-ROW_GROUP_ROWS = 1_000_000  # as assets.ingest.ROW_GROUP_ROWS, so the Parquet layouts compare
+ROW_GROUP_ROWS = (
+    1_000_000  # as assets.ingestion.ingest.ROW_GROUP_ROWS, so the Parquet layouts compare
+)
 
 GOAL_OURS_OVER_FLOOR = 1.5  # ours may cost at most 1.5x a bare CSV→Parquet copy
 GOAL_PANDAS_OVER_OURS = 2.0  # and must be at least 2x faster than the pandas baseline
 
-# Column order and types of a Binance spot trade dump (assets.feeds.BINANCE_TRADE_COLUMNS).
+# Column order and types of a Binance spot trade dump (assets.core.feeds.BINANCE_TRADE_COLUMNS).
 BINANCE_COLUMNS = {
     "id": "BIGINT",
     "price": "DOUBLE",
@@ -70,7 +72,7 @@ PANDAS_DTYPES = {
     "is_best_match": "bool",
 }
 
-# Quarantine reasons, in rule order (the first that holds wins), as assets.ingest words them.
+# Quarantine reasons, in rule order (the first that holds wins), as assets.ingestion.ingest words them.
 REASON_OUTSIDE = "timestamp outside partition"
 REASON_PRICE_NAN = "price missing or NaN"
 REASON_PRICE = "price not positive and finite"
@@ -86,7 +88,13 @@ LABELS = {
 }
 # What each variant imports: a child that only imports these gives the memory floor of Python.
 IMPORTS = {
-    "ours": ("assets.feeds", "assets.ingest", "assets.storage", "duckdb", "pyarrow"),
+    "ours": (
+        "assets.core.feeds",
+        "assets.ingestion.ingest",
+        "assets.core.storage",
+        "duckdb",
+        "pyarrow",
+    ),
     "pandas": ("numpy", "pandas", "pyarrow", "pyarrow.parquet"),
     "pandas_pyarrow": ("numpy", "pandas", "pyarrow", "pyarrow.parquet", "pyarrow.csv"),
     "floor": ("duckdb",),
@@ -103,7 +111,7 @@ def make_trades(rows: int, bad_every: int, seed: int = 7) -> tuple[Any, dict[str
     import numpy as np
     import pyarrow as pa
 
-    from assets.simulator import MarketSimulator, SimulatorConfig
+    from assets.live.simulator import MarketSimulator, SimulatorConfig
 
     if not 0 < rows <= MAX_ROWS:
         raise SystemExit(f"--rows must be in 1..{MAX_ROWS:,} (one simulated symbol-day)")
@@ -137,7 +145,7 @@ def make_trades(rows: int, bad_every: int, seed: int = 7) -> tuple[Any, dict[str
 
 
 def write_landing_file(table: Any, folder: Path) -> Path:
-    from assets.simulator import write_binance_trades
+    from assets.live.simulator import write_binance_trades
 
     (path,) = write_binance_trades(table, folder, time_unit="ms")
     return path
@@ -170,9 +178,9 @@ def landed_file(root: Path) -> Path:
 # Variants: each takes a fresh root with the landed file and returns what it wrote
 # --------------------------------------------------------------------------------------------
 def run_ours(root: Path, con: Any = None) -> dict[str, Any]:
-    from assets.feeds import load_feeds
-    from assets.ingest import ingest_partitions, new_connection, scan_landing
-    from assets.storage import Storage
+    from assets.core.feeds import load_feeds
+    from assets.core.storage import Storage
+    from assets.ingestion.ingest import ingest_partitions, new_connection, scan_landing
 
     feeds = load_feeds(FEEDS_FILE)
     storage = Storage(str(root))
@@ -373,9 +381,9 @@ class TimedConnection:
 def ours_breakdown(root: Path) -> dict[str, float]:
     """One run of ours with its time split by step: landing scan (hashing), each DuckDB statement
     by label, hashing of the written Parquet files, and the rest (Python, commits)."""
-    import assets.ingest as ingest
-    from assets.feeds import load_feeds
-    from assets.storage import Storage
+    import assets.ingestion.ingest as ingest
+    from assets.core.feeds import load_feeds
+    from assets.core.storage import Storage
 
     totals: dict[str, float] = {}
     original_sha = ingest.sha256_file

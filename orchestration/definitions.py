@@ -1,20 +1,20 @@
 """The one entry point: ``dagster dev -m orchestration.definitions``.
 
-Settings are read once, here (through orchestration.resources.resources_from_env)."""
+Settings are read once, here (through assets.core.resources.resources_from_env)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets.datasets import dataset_checks, dataset_files
-from assets.episodes import dataset_models, episode_models, seed_specs
-from assets.evaluation import evaluation_assets, evaluation_checks
-from assets.feeds import load_feeds
-from assets.ingestion import build_ingestion_definitions
-from assets.monitoring import monitoring_assets
-from assets.training import training_assets
+from assets.core.feeds import load_feeds
+from assets.core.resources import feeds_file_from_env, resources_from_env
+from assets.episodes.datasets import dataset_checks, dataset_files
+from assets.episodes.dbt_assets import dataset_models, episode_models, seed_specs
+from assets.ingestion.raw_assets import build_ingestion_definitions
+from assets.models.evaluation import evaluation_assets, evaluation_checks
+from assets.models.training import training_assets
+from assets.monitoring.feature_drift import monitoring_assets
 from orchestration.freshness import freshness_checks, freshness_sensor
-from orchestration.resources import feeds_file_from_env, resources_from_env
 from orchestration.retraining import retrain_sensor, train_models, weekly_retrain
 from orchestration.sensors import episodes_automation_sensor, landing_sensor
 

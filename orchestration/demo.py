@@ -23,12 +23,12 @@ from pathlib import Path
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BulkActionStatus
 
-from assets.datasets import dataset_checks
-from assets.demo_feeds import desk_journal, simulated_expert_feedback
-from assets.episodes import dataset_models, episode_models
-from assets.ingest import TABLE_OF_KIND, scan_landing
-from assets.land import land_default, land_file
-from orchestration.resources import resources_from_env
+from assets.core.resources import resources_from_env
+from assets.episodes.datasets import dataset_checks
+from assets.episodes.dbt_assets import dataset_models, episode_models
+from assets.ingestion.ingest import TABLE_OF_KIND, scan_landing
+from assets.ingestion.landing import land_default, land_file
+from orchestration.demo_feeds import desk_journal, simulated_expert_feedback
 from orchestration.sensors import REASON_TAG
 
 # Per phase: on a busy 2-core machine the first phase (4,749 raw days, then 159 months of dbt

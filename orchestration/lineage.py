@@ -43,7 +43,7 @@ def resolve_registry(
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
-    from orchestration.train_pipes import DEFAULT_TRACKING_URI
+    from assets.core.settings import DEFAULT_TRACKING_URI
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     client = MlflowClient(tracking_uri=uri)

@@ -23,10 +23,9 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.resources import RetrainSettings
+from assets.core.automation import RETRAIN_DETAIL_TAG, RETRAIN_REASON_TAG
+from assets.core.resources import RetrainSettings
 
-RETRAIN_REASON_TAG = "decision_data/retrain_reason"
-RETRAIN_DETAIL_TAG = "decision_data/retrain_detail"
 TRAIN_JOB = "train_models"
 DRIFT_KEY = dg.AssetKey("feature_drift")
 

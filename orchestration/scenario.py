@@ -3,8 +3,8 @@
 ``python -m orchestration.scenario`` (``make scenario``) runs, in a fresh home (default
 ``var/scenario``), with the real Dagster daemon and its sensors:
 
-1. the replay server (``assets.replay``) streams simulated trades in Binance's trade-stream
-   format; the collector (``assets.collector``) lands them as micro-batch files in the
+1. the replay server (``assets.live.replay``) streams simulated trades in Binance's trade-stream
+   format; the collector (``assets.live.collector``) lands them as micro-batch files in the
    ``live-trades`` feed; the landing sensor ingests them into ``raw_trades``; the automation
    sensor builds the episodes, datasets and ``feature_drift``;
 2. after the pre-shift days a first model is trained (``train_models``, reason ``initial``) and
@@ -228,7 +228,7 @@ def wait_for(what: str, predicate, watcher: Watcher, timeout: float, poll: float
 
 def expected_last_ids(args: argparse.Namespace, day: date) -> dict[str, int]:
     """Per symbol, the last trade id the replay of ``day`` sends (from the same simulator)."""
-    from assets.simulator import MarketSimulator
+    from assets.live.simulator import MarketSimulator
 
     table = MarketSimulator(simulator_config(args)).trades_for_day(day)
     ids: dict[str, int] = {}
@@ -240,7 +240,7 @@ def expected_last_ids(args: argparse.Namespace, day: date) -> dict[str, int]:
 
 
 def simulator_config(args: argparse.Namespace):
-    from assets.simulator import DriftShift, SimulatorConfig
+    from assets.live.simulator import DriftShift, SimulatorConfig
 
     return SimulatorConfig(
         symbols=tuple(args.symbols.split(",")),
@@ -254,7 +254,7 @@ def replay_day(args: argparse.Namespace, day: date, env: dict[str, str], logs: P
     cmd = [
         sys.executable,
         "-m",
-        "assets.replay",
+        "assets.live.replay",
         "--symbols",
         args.symbols,
         "--start",
@@ -279,7 +279,7 @@ def stream_day(
     args: argparse.Namespace, day: date, env: dict[str, str], logs: Path, watcher: Watcher
 ) -> None:
     """Replay one simulated day and wait until the collector has landed every trade of it."""
-    from assets.collector import landed_watermarks
+    from assets.live.collector import landed_watermarks
 
     want = expected_last_ids(args, day)
     watcher.timeline.add(
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.update(env)  # this process reads the same instance and storage
     logs = home / "logs"
     logs.mkdir()
-    from assets.storage import Storage
+    from assets.core.storage import Storage
 
     storage = Storage(env["DD_STORAGE_ROOT"])
     timeline = Timeline()
@@ -366,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
         [
             sys.executable,
             "-m",
-            "assets.collector",
+            "assets.live.collector",
             "--url",
             f"ws://127.0.0.1:{args.port}",
             "--feed",

@@ -23,9 +23,9 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from assets.ingest import TABLE_OF_KIND, LandedFile, scan_landing
-from assets.ingestion import landing_key
-from orchestration.resources import FeedsResource, StorageResource
+from assets.core.resources import FeedsResource, StorageResource
+from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, scan_landing
+from assets.ingestion.raw_assets import landing_key
 
 # New files' days further apart than this become separate runs. Days in between are built as
 # empty partitions by the same run, which costs little (a history file of daily bars is one run
@@ -127,7 +127,7 @@ def landing_sensor(
     )
 
 
-# Episodes and datasets follow their upstream partitions (orchestration.automation); this
+# Episodes and datasets follow their upstream partitions (assets.core.automation); this
 # sensor evaluates those conditions. Requests for several partitions of the single-run dbt
 # assets become one backfill, hence one run and one dbt build.
 episodes_automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.storage import Storage
+from assets.core.storage import Storage
 
 S3_START_TIMEOUT_S = 10.0
 S3_ENV = {

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.feeds import FeedSpec, parse_feed
-from assets.storage import Storage
+from assets.core.feeds import FeedSpec, parse_feed
+from assets.core.storage import Storage
 
 DAY = "2024-01-02"
 DAY_START = datetime(2024, 1, 2, tzinfo=UTC)

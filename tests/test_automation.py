@@ -7,11 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.episodes import episode_models
-from assets.feeds import load_feeds
-from assets.ingest import day_range
-from assets.ingestion import build_ingestion_definitions
-from orchestration.resources import resources_from_env
+from assets.core.feeds import load_feeds
+from assets.core.resources import resources_from_env
+from assets.episodes.dbt_assets import episode_models
+from assets.ingestion.ingest import day_range
+from assets.ingestion.raw_assets import build_ingestion_definitions
 
 REPO = Path(__file__).resolve().parent.parent
 

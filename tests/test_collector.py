@@ -1,5 +1,5 @@
-"""Tests for the live trade collector (assets/collector.py) against the offline replay server
-(assets/replay.py), all on 127.0.0.1.
+"""Tests for the live trade collector (assets/live/collector.py) against the offline replay server
+(assets/live/replay.py), all on 127.0.0.1.
 
 What is replayed is known exactly (simulated trades), so every test compares the landed files,
 read back with the project's own binance-trades reader, against the replayed trades id by id:
@@ -35,30 +35,29 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
-from assets.collector import (
+from assets.core.feeds import FeedSpec, load_feeds
+from assets.core.settings import feeds_file_from_env, storage_settings_from_env
+from assets.core.storage import Storage
+from assets.ingestion.ingest import ingest_partitions, new_connection, scan_landing
+from assets.ingestion.readers import select_canonical
+from assets.live.collector import (
     LANDED_NAME,
     BinanceRestGapFill,
     Collector,
     CollectorConfig,
     backoff_delay,
-    feeds_file_from_env,
     landed_file_name,
-    storage_settings_from_env,
     trade_row,
     with_query_param,
 )
-from assets.feeds import FeedSpec, load_feeds
-from assets.ingest import ingest_partitions, new_connection, scan_landing
-from assets.readers import select_canonical
-from assets.replay import (
+from assets.live.replay import (
     LandedFilesSource,
     ReplayServer,
     SimulatorSource,
     TradeSource,
-    parse_from_ids,
 )
-from assets.simulator import MarketSimulator, SimulatorConfig, write_binance_trades
-from assets.storage import Storage
+from assets.live.simulator import MarketSimulator, SimulatorConfig, write_binance_trades
+from assets.live.wire import parse_from_ids
 
 REPO = Path(__file__).resolve().parents[1]
 FEED: FeedSpec = load_feeds(REPO / "feeds.yaml")["live-trades"]
@@ -104,7 +103,7 @@ def replayed(source: TradeSource) -> list[Trade]:
 
 
 def read_landed(storage: Storage) -> list[tuple[str, Trade]]:
-    """(file name, trade) for every row of every landed file, through assets.readers."""
+    """(file name, trade) for every row of every landed file, through assets.ingestion.readers."""
     con = new_connection(threads=1)
     rows = []
     for info in storage.list_files(PREFIX):
@@ -247,8 +246,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Collected:
     source = sim_source()
     expected = replayed(source)
     hash_log = HashLog()
-    logging.getLogger("assets.collector").addHandler(hash_log)
-    logging.getLogger("assets.collector").setLevel(logging.INFO)
+    logging.getLogger("assets.live.collector").addHandler(hash_log)
+    logging.getLogger("assets.live.collector").setLevel(logging.INFO)
     stop_listing = threading.Event()
     seen: dict[str, str | None] = {}
     listings = 0
@@ -274,7 +273,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Collected:
     finally:
         stop_listing.set()
         lister.join()
-        logging.getLogger("assets.collector").removeHandler(hash_log)
+        logging.getLogger("assets.live.collector").removeHandler(hash_log)
     partial = [reason for reason in seen.values() if reason]
     return Collected(storage, expected, collector, hash_log.hashes, listings, len(seen), partial)
 
@@ -436,15 +435,15 @@ def test_replay_server_from_id_paths_and_wrapper() -> None:
     ],
 )
 def test_storage_and_feeds_are_chosen_as_the_platform_chooses_them(env: dict) -> None:
-    """The collector reads the environment itself (Dagster's import costs seconds); it must
-    pick what orchestration.resources.resources_from_env picks."""
-    from orchestration.resources import feeds_file_from_env as platform_feeds_file
-    from orchestration.resources import resources_from_env
+    """The collector reads the environment through assets.core.settings, without Dagster (its
+    import costs seconds); it must pick what assets.core.resources.resources_from_env picks."""
+    from assets.core.resources import resources_from_env
 
-    platform = resources_from_env(env)["storage"]
+    platform = resources_from_env(env)
     ours = storage_settings_from_env(env)
-    assert (ours["root"], ours["s3_endpoint_url"]) == (platform.root, platform.s3_endpoint_url)
-    assert feeds_file_from_env(env) == platform_feeds_file(env)
+    storage = platform["storage"]
+    assert (ours["root"], ours["s3_endpoint_url"]) == (storage.root, storage.s3_endpoint_url)
+    assert feeds_file_from_env(env) == platform["feeds"].path
 
 
 def test_landed_dumps_replayed_and_collected_read_back_the_same(tmp_path: Path) -> None:
@@ -475,7 +474,7 @@ def test_replay_command_line_serves_on_a_free_port_and_exits_when_done() -> None
     command = [
         sys.executable,
         "-m",
-        "assets.replay",
+        "assets.live.replay",
         "--port",
         "0",
         "--speed",
@@ -668,7 +667,7 @@ def _start_collector(url: str, root: Path, log_path: Path) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "assets.collector",
+        "assets.live.collector",
         "--url",
         url,
         "--flush-seconds",

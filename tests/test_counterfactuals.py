@@ -1,4 +1,4 @@
-"""int_counterfactuals (dbt) against the pandas oracle (assets/counterfactuals_oracle.py), the
+"""int_counterfactuals (dbt) against the pandas oracle (assets/episodes/counterfactuals_oracle.py), the
 no-future property of its counterfactual environment, and day-ordered incremental builds.
 
 Random daily bars over 2023 and 2024 (volatility and drift redrawn every few weeks, so every
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.counterfactuals_oracle import compute_counterfactuals
-from assets.ingest import RAW_SCHEMAS
+from assets.episodes.counterfactuals_oracle import compute_counterfactuals
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = ROOT / "dbt_project"

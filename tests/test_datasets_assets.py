@@ -18,20 +18,20 @@ import duckdb
 import pytest
 from test_marts import dbt, random_bars, write_raw_bars
 
-from assets import datasets
-from assets.datasets import dataset_checks, dataset_files
-from assets.episodes import dataset_models, episode_models, is_unpartitioned
-from assets.feeds import load_feeds
-from assets.ingest import day_range
-from assets.ingestion import build_ingestion_definitions
-from orchestration.dbt import dbt_project
-from orchestration.resources import (
+from assets.core.dbt import dbt_project
+from assets.core.feeds import load_feeds
+from assets.core.resources import (
     DbtCliResource,
     StorageResource,
     WarehouseResource,
     dbt_executable,
     resources_from_env,
 )
+from assets.episodes import datasets
+from assets.episodes.datasets import dataset_checks, dataset_files
+from assets.episodes.dbt_assets import dataset_models, episode_models, is_unpartitioned
+from assets.ingestion.ingest import day_range
+from assets.ingestion.raw_assets import build_ingestion_definitions
 
 REPO = Path(__file__).resolve().parent.parent
 MART_KEYS = {"stg_feedback", "fct_step_labels", "fct_decision_episodes", "ds_sft", "ds_dpo"}
@@ -273,7 +273,7 @@ def test_readers_wait_for_a_writer_lock(tmp_path):
     import sys
     import time
 
-    from assets.datasets import connect_read_only
+    from assets.episodes.datasets import connect_read_only
 
     path = tmp_path / "w.duckdb"
     duckdb.connect(str(path)).close()

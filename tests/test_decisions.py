@@ -1,4 +1,4 @@
-"""int_decisions (dbt) against the Python oracle assets/policies.py, and its no-hindsight rules.
+"""int_decisions (dbt) against the Python oracle assets/episodes/reference_policies.py, and its no-hindsight rules.
 
 Random bars (two symbols of daily bars with volatility regimes, jumps, trends and a constant
 volume stretch; one symbol of 1-minute bars with a flat stretch, so vol_20 = 0) are written as
@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.ingest import RAW_SCHEMAS
-from assets.policies import (
+from assets.episodes.reference_policies import (
     ACTIONS,
     HINDSIGHT_TERMS,
     KINDS,
@@ -44,6 +43,7 @@ from assets.policies import (
     observation_mismatches,
     parse_claim,
 )
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = ROOT / "dbt_project"

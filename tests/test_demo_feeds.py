@@ -1,4 +1,4 @@
-"""The demo's example feeds (assets/demo_feeds.py) go through the real ingestion with the feeds
+"""The demo's example feeds (orchestration/demo_feeds.py) go through the real ingestion with the feeds
 declared in feeds.yaml: every row accepted, and the journal never looks ahead."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from assets.demo_feeds import desk_journal, simulated_expert_feedback
-from assets.feeds import load_feeds
-from assets.ingest import ingest_partitions, scan_landing
-from assets.land import default_feed_file, land_file
-from assets.storage import Storage
+from assets.core.feeds import load_feeds
+from assets.core.storage import Storage
+from assets.ingestion.ingest import ingest_partitions, scan_landing
+from assets.ingestion.landing import default_feed_file, land_file
+from orchestration.demo_feeds import desk_journal, simulated_expert_feedback
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -162,7 +162,7 @@ def test_dockerfile_steps_in_order() -> None:
     steps = [
         '"torch==${TORCH_VERSION}"',
         "pip install .",
-        "dagster-dbt project prepare-and-package --file orchestration/dbt.py",
+        "dagster-dbt project prepare-and-package --file assets/core/dbt.py",
         '"dagster", "code-server", "start", "-m", "orchestration.definitions", '
         '"-h", "0.0.0.0", "-p", "4000"',
     ]

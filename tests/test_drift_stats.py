@@ -1,4 +1,4 @@
-"""Tests of assets.drift_stats: the statistics on known distributions, then the drift decision on
+"""Tests of assets.monitoring.drift_stats: the statistics on known distributions, then the drift decision on
 simulated feature streams.
 
 The simulation (:func:`simulate_stream`) draws episode-like features with the dependence real
@@ -22,7 +22,7 @@ from scipy import stats
 from scipy.signal import lfilter
 from scipy.spatial.distance import jensenshannon
 
-from assets.drift_stats import (
+from assets.monitoring.drift_stats import (
     DriftPolicy,
     DriftState,
     FeatureDrift,

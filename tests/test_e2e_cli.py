@@ -15,9 +15,9 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from assets.feeds import load_feeds
-from assets.land import default_feed_file, land_file
-from assets.storage import Storage
+from assets.core.feeds import load_feeds
+from assets.core.storage import Storage
+from assets.ingestion.landing import default_feed_file, land_file
 
 pytestmark = pytest.mark.e2e
 

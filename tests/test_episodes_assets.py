@@ -9,17 +9,17 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from assets.episodes import episode_models
-from assets.feeds import load_feeds
-from assets.ingest import day_range, ingest_partitions
-from assets.land import default_feed_file, land_file
-from orchestration.dbt import dbt_project
-from orchestration.resources import (
+from assets.core.dbt import dbt_project
+from assets.core.feeds import load_feeds
+from assets.core.resources import (
     DbtCliResource,
     StorageResource,
     WarehouseResource,
     dbt_executable,
 )
+from assets.episodes.dbt_assets import episode_models
+from assets.ingestion.ingest import day_range, ingest_partitions
+from assets.ingestion.landing import default_feed_file, land_file
 
 REPO = Path(__file__).resolve().parent.parent
 

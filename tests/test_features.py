@@ -34,7 +34,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assets.features_oracle import (
+from assets.episodes.point_in_time_features import (
     FEATURE_COLUMNS,
     MIN_BARS,
     REGIMES,
@@ -46,7 +46,7 @@ from assets.features_oracle import (
     recompute_features_at,
     round_half_away,
 )
-from assets.ingest import RAW_SCHEMAS
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = ROOT / "dbt_project"

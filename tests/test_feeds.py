@@ -1,4 +1,4 @@
-"""Tests for the feed config parser (assets/feeds.py) and the feed readers (assets/readers.py):
+"""Tests for the feed config parser (assets/core/feeds.py) and the feed readers (assets/ingestion/readers.py):
 each declared format read into canonical rows, timestamps converted to UTC."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import BINANCE_HEADER, binance_feed, ms, trade, truncated_gzip, us
 
-from assets.feeds import FeedConfigError, FeedSpec, TimestampSpec, load_feeds, parse_feed
-from assets.ingest import new_connection
-from assets.readers import FileReadError, select_canonical
+from assets.core.feeds import FeedConfigError, FeedSpec, TimestampSpec, load_feeds, parse_feed
+from assets.ingestion.ingest import new_connection
+from assets.ingestion.readers import FileReadError, select_canonical
 
 REPO = Path(__file__).resolve().parents[1]
 TRADE_COLUMNS = {"ts": "time", "trade_id": "id", "price": "px", "size": "qty"}

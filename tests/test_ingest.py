@@ -1,4 +1,4 @@
-"""Tests for the ingestion core (assets/ingest.py), no Dagster: landing index, raw partitions,
+"""Tests for the ingestion core (assets/ingestion/ingest.py), no Dagster: landing index, raw partitions,
 the quarantine that loses nothing, determinism and atomic writes, the raw contracts, and the
 embedded default feed.
 
@@ -43,8 +43,9 @@ from corpus import (
     trade,
 )
 
-from assets.feeds import FeedSpec, load_feeds
-from assets.ingest import (
+from assets.core.feeds import FeedSpec, load_feeds
+from assets.core.storage import Storage
+from assets.ingestion.ingest import (
     IngestReport,
     LandedFile,
     day_range,
@@ -55,8 +56,7 @@ from assets.ingest import (
     raw_path,
     scan_landing,
 )
-from assets.schemas import raw_schema, read_partition, validate_partitions
-from assets.storage import Storage
+from assets.ingestion.raw_contracts import raw_schema, read_partition, validate_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 FEEDS: dict[str, FeedSpec] = {f.name: f for f in (binance_feed(), bars_feed(), parquet_bars_feed())}

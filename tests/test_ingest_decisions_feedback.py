@@ -1,4 +1,4 @@
-"""Ingestion of the ``decisions`` and ``feedback`` kinds (assets/ingest.py), no Dagster: CSV and
+"""Ingestion of the ``decisions`` and ``feedback`` kinds (assets/ingestion/ingest.py), no Dagster: CSV and
 Parquet files through the same machinery as trades and bars, every quarantine reason with exact
 counts, nothing lost per file, byte-identical re-runs and the pandera contracts.
 
@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import land
 
-from assets.feeds import FeedSpec, parse_feed
-from assets.ingest import (
+from assets.core.feeds import FeedSpec, parse_feed
+from assets.core.storage import Storage
+from assets.ingestion.ingest import (
     RAW_SCHEMAS,
     IngestReport,
     day_range,
@@ -36,8 +37,7 @@ from assets.ingest import (
     raw_path,
     scan_landing,
 )
-from assets.schemas import raw_schema, read_partition, validate_partitions
-from assets.storage import Storage
+from assets.ingestion.raw_contracts import raw_schema, read_partition, validate_partitions
 
 # Reasons, spelled out (not imported) so that a changed wording fails the tests.
 UNKNOWN = "unknown symbol"

@@ -14,12 +14,12 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-import assets.ingest as ingest
-from assets.feeds import load_feeds, parse_feed
-from assets.ingestion import build_ingestion_definitions
-from assets.land import default_feed_file, land_file
-from assets.storage import Storage
-from orchestration.resources import FeedsResource, StorageResource
+import assets.ingestion.ingest as ingest
+from assets.core.feeds import load_feeds, parse_feed
+from assets.core.resources import FeedsResource, StorageResource
+from assets.core.storage import Storage
+from assets.ingestion.landing import default_feed_file, land_file
+from assets.ingestion.raw_assets import build_ingestion_definitions
 from orchestration.sensors import landing_sensor
 
 REPO = Path(__file__).resolve().parent.parent

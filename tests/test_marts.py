@@ -1,5 +1,5 @@
 """The marts (fct_step_labels, fct_decision_episodes, ds_sft, ds_dpo, ds_prm), their pandera
-contracts and the leakage check (assets/datasets.py), on random daily bars.
+contracts and the leakage check (assets/episodes/datasets.py), on random daily bars.
 
 Random daily bars over 2023 and 2024 for three symbols (volatility and drift redrawn every few
 weeks, so every regime recurs) are written as raw Parquet partitions. The module fixture runs:
@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from assets import datasets
-from assets.ingest import RAW_SCHEMAS
-from assets.policies import HINDSIGHT_TERMS, load_policies, pct, signed, upct
+from assets.episodes import datasets
+from assets.episodes.reference_policies import HINDSIGHT_TERMS, load_policies, pct, signed, upct
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = ROOT / "dbt_project"

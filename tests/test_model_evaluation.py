@@ -1,4 +1,4 @@
-"""assets/evaluation.py: the evaluation core on tiny checkpoints, the champion gate on constructed
+"""assets/models/evaluation.py: the evaluation core on tiny checkpoints, the champion gate on constructed
 per-item scores, and the Dagster flow (model_evaluation → blocking beats_champion →
 champion_model) against a real MLflow SQLite registry.
 
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets import evaluation as ev
-from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.models import evaluation as ev
 from training import synthetic
 
 N_POINTS = 14

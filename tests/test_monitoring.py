@@ -16,10 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.drift_stats import WindowResult, compare_windows
-from assets.monitoring import DRIFT_KEY, DriftConfig, feature_drift, fold_window, merge_windows
+from assets.core.resources import RetrainSettings, WarehouseResource
+from assets.monitoring.drift_stats import WindowResult, compare_windows
+from assets.monitoring.feature_drift import (
+    DRIFT_KEY,
+    DriftConfig,
+    feature_drift,
+    fold_window,
+    merge_windows,
+)
 from orchestration.definitions import defs
-from orchestration.resources import RetrainSettings, WarehouseResource
 from orchestration.retraining import (
     RETRAIN_DETAIL_TAG,
     RETRAIN_REASON_TAG,
@@ -340,7 +346,7 @@ def test_definitions_wire_monitoring_freshness_and_retraining():
 
 
 def test_accuracy_drop_test_against_a_hand_computed_z():
-    from assets.monitoring import accuracy_drop_test
+    from assets.monitoring.feature_drift import accuracy_drop_test
 
     # 30/100 recent vs 60/100 on test: pooled 0.45, se = sqrt(.45 * .55 * .02) = 0.07036,
     # z = 0.30 / 0.07036 = 4.264, one-sided p = 1.0e-5.

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.ingest import RAW_SCHEMAS
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT = ROOT / "dbt_project"

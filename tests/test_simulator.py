@@ -1,4 +1,4 @@
-"""Tests for the seeded market simulator and its writers (assets/simulator.py)."""
+"""Tests for the seeded market simulator and its writers (assets/live/simulator.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assets.simulator import (
+from assets.live.simulator import (
     BINANCE_TRADE_COLUMNS,
     TRADE_SCHEMA,
     DriftShift,

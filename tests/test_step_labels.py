@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_counterfactuals import DBT, DBT_PROJECT, END, START, random_bars, write_raw_bars
 
-from assets.ingest import RAW_SCHEMAS
+from assets.ingestion.ingest import RAW_SCHEMAS
 
 PERTURBATIONS = {"misread_number", "wrong_sign", "contradicting_conclusion"}
 DECISION_SCHEMA = RAW_SCHEMAS["decisions"]

@@ -1,4 +1,4 @@
-"""Tests for the storage root (assets/storage.py) on a local folder and on a real S3 server (moto),
+"""Tests for the storage root (assets/core/storage.py) on a local folder and on a real S3 server (moto),
 plus one ingestion end to end on S3, checked through boto3 rather than through Storage."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from assets.feeds import parse_feed
-from assets.ingest import ingest_partitions, quarantine_path, raw_path
-from assets.storage import Storage
+from assets.core.feeds import parse_feed
+from assets.core.storage import Storage
+from assets.ingestion.ingest import ingest_partitions, quarantine_path, raw_path
 
 
 def _names(storage: Storage, prefix: str) -> list[str]:

@@ -25,17 +25,9 @@ import pytest
 from safetensors.torch import load_file
 from test_marts import dbt, random_bars, write_raw_bars
 
-from assets.datasets import dataset_files
-from assets.episodes import dataset_models
-from assets.evaluation import evaluation_assets, evaluation_checks, latest_metadata
-from assets.feeds import load_feeds
-from assets.ingest import scan_landing
-from assets.monitoring import monitoring_assets
-from assets.storage import Storage
-from assets.training import prm_model, stage_config, training_assets
-from orchestration import lineage as lineage_cli
-from orchestration.dbt import dbt_project
-from orchestration.resources import (
+from assets.core.dbt import dbt_project
+from assets.core.feeds import load_feeds
+from assets.core.resources import (
     DbtCliResource,
     FeedsResource,
     MlflowResource,
@@ -45,7 +37,15 @@ from orchestration.resources import (
     dbt_executable,
     resources_from_env,
 )
-from orchestration.train_pipes import registered_model_name, run_stage
+from assets.core.storage import Storage
+from assets.core.training_run import registered_model_name, run_stage
+from assets.episodes.datasets import dataset_files
+from assets.episodes.dbt_assets import dataset_models
+from assets.ingestion.ingest import scan_landing
+from assets.models.evaluation import evaluation_assets, evaluation_checks, latest_metadata
+from assets.models.training import prm_model, stage_config, training_assets
+from assets.monitoring.feature_drift import monitoring_assets
+from orchestration import lineage as lineage_cli
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "prm")

@@ -235,7 +235,7 @@ def instance_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
     bars = tmp / Path(LANDED_FILE).name
     bars.write_bytes(BARS_CSV.encode())
-    _run(env, sys.executable, "-m", "assets.land", "bokeh-stocks", str(bars))
+    _run(env, sys.executable, "-m", "assets.ingestion.landing", "bokeh-stocks", str(bars))
     _run(
         env,
         str(BIN / "dagster"),

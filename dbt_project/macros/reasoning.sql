@@ -1,5 +1,5 @@
 {#-
-  Helpers of int_decisions: numbers rendered exactly as assets/policies.py renders them.
+  Helpers of int_decisions: numbers rendered exactly as assets/episodes/reference_policies.py renders them.
   DuckDB's printf and Python's format spec round the same way (correctly, from the binary
   value), so the SQL and the Python oracle produce the same characters.
 

@@ -6,7 +6,7 @@
   nothing later is read, and tests/test_decisions.py fails if the compiled SQL ever names a
   forward-looking column.
 
-  Rules (assets/policies.py holds the same rules and texts in Python, the test oracle):
+  Rules (assets/episodes/reference_policies.py holds the same rules and texts in Python, the test oracle):
   s = signal in sigmas, rounded to 4 decimals as rendered; k = entry_sigma;
   v = greatest(vol_20, vol_floor); size = least(size_cap, size_per_sigma * |s|) at 4 decimals
   for buy/sell, 0 for hold.

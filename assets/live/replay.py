@@ -1,12 +1,12 @@
 """Offline replay server: a local websocket that streams trades like Binance's spot trade stream.
 
-``python -m assets.replay`` serves, on ``ws://127.0.0.1:8765`` by default, either landed
+``python -m assets.live.replay`` serves, on ``ws://127.0.0.1:8765`` by default, either landed
 ``binance-trades`` files (``--files`` a folder, a glob or a storage prefix such as
 ``landing/sim-trades``) or trades simulated on the fly (``--symbols``, ``--start``, ``--days``,
 ``--seed``, ``--shift-at`` for a regime/drift shift), merged across symbols in trade-time order,
 at ``--speed`` times real time (``--speed 0``: as fast as the socket takes them).
 
-Why it exists: the live collector (:mod:`assets.collector`) must be tested and benchmarked
+Why it exists: the live collector (:mod:`assets.live.collector`) must be tested and benchmarked
 without a network, and against a stream that is known exactly, so that "every message landed once"
 can be checked id by id. The server therefore speaks the exchange's wire format:
 
@@ -22,7 +22,7 @@ smaller ids are skipped (symbols not named start from the beginning). Inclusive,
 of Binance's REST ``historicalTrades``. The collector sends it on each (re)connect with one past
 the highest id it holds, so a reconnect or a restart neither loses nor repeats trades. Real
 Binance has no such parameter on its streams; there the collector fills the gap over REST
-instead (see :class:`assets.collector.BinanceRestGapFill`).
+instead (see :class:`assets.live.collector.BinanceRestGapFill`).
 
 When the stream is exhausted a connection stays open and idle, as a quiet market would, unless
 ``loop`` (replay again with ids and times shifted past the previous pass, so the stream keeps
@@ -59,7 +59,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from assets.simulator import (
+from assets.core.storage import Storage
+from assets.live.simulator import (
     BINANCE_TRADE_COLUMNS,
     DriftShift,
     MarketSimulator,
@@ -67,17 +68,16 @@ from assets.simulator import (
     default_symbols,
     parse_utc,
 )
-from assets.storage import Storage
+from assets.live.wire import SYMBOL_NAME, combined_message, parse_from_ids, trade_message
 
 # Named, not __name__: under "python -m" that would be "__main__".
-log = logging.getLogger("assets.replay")
+log = logging.getLogger("assets.live.replay")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 # File names as feeds.yaml's binance-trades feeds read them: symbol first, the UTC day after it.
 SYMBOL_FROM_FILENAME = re.compile(r"^(?P<symbol>[A-Z0-9]+)-trades-")
 DATE_IN_FILENAME = re.compile(r"(?P<date>\d{4}-\d{2}-\d{2})")
-SYMBOL_NAME = re.compile(r"^[A-Z0-9]{1,32}$")
 DECIMAL_TEXT = re.compile(r"^\d+(\.\d+)?$")
 US_PER_MS = 1_000
 # Give other connections a turn after this many messages, even when no send had to wait.
@@ -286,7 +286,7 @@ def _opener(storage: Storage, rel: str) -> Callable[[], contextlib.AbstractConte
 
 
 class SimulatorSource(TradeSource):
-    """Trades of :class:`assets.simulator.MarketSimulator`, generated one day at a time.
+    """Trades of :class:`assets.live.simulator.MarketSimulator`, generated one day at a time.
 
     Prices and sizes are rendered with 8 decimals, as ``write_binance_trades`` writes them, so a
     replayed simulation lands the same text as the simulator's own dump files."""
@@ -318,42 +318,8 @@ class SimulatorSource(TradeSource):
 
 
 # --------------------------------------------------------------------------------------------
-# The wire format and the request path
+# The request path (the messages themselves: assets/live/wire.py)
 # --------------------------------------------------------------------------------------------
-def trade_message(
-    symbol: str, trade_id: int, time_ms: int, price: str, qty: str, buyer_is_maker: bool
-) -> str:
-    """One Binance spot trade event. Formatted by hand: ~5x cheaper than json.dumps, and every
-    field is a validated symbol, an integer or decimal text, so nothing needs escaping."""
-    maker = "true" if buyer_is_maker else "false"
-    return (
-        f'{{"e":"trade","E":{time_ms},"s":"{symbol}","t":{trade_id},"p":"{price}",'
-        f'"q":"{qty}","T":{time_ms},"m":{maker},"M":true}}'
-    )
-
-
-def combined_message(symbol: str, event: str) -> str:
-    """The combined-stream wrapper Binance uses on ``/stream?streams=…``."""
-    return f'{{"stream":"{symbol.lower()}@trade","data":{event}}}'
-
-
-def format_from_ids(from_ids: dict[str, int]) -> str:
-    """The ``fromId`` query value: ``SIMA:123,SIMB:456`` (symbols sorted)."""
-    return ",".join(f"{symbol}:{from_ids[symbol]}" for symbol in sorted(from_ids))
-
-
-def parse_from_ids(text: str) -> dict[str, int]:
-    """``SIMA:123,SIMB:456`` → ``{"SIMA": 123, "SIMB": 456}``; ValueError when malformed."""
-    from_ids: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        symbol, sep, value = item.partition(":")
-        symbol = symbol.strip().upper()
-        if not sep or not SYMBOL_NAME.match(symbol) or not value.strip().isdigit():
-            raise ValueError(f"bad fromId item {item!r}: expected SYMBOL:ID")
-        from_ids[symbol] = int(value)
-    return from_ids
-
-
 @dataclass(frozen=True)
 class StreamRequest:
     """What a connection asked for: which symbols (None: all), wrapper or not, resume point."""
@@ -584,7 +550,7 @@ def _parse_symbols(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m assets.replay",
+        prog="python -m assets.live.replay",
         description="Replay trades as a Binance spot trade stream on a local websocket.",
     )
     source = parser.add_argument_group("source (landed files, else the simulator)")
@@ -623,7 +589,7 @@ def source_from_args(args: argparse.Namespace) -> TradeSource:
         if args.storage_root:
             storage = Storage(args.storage_root)
         elif not glob.has_magic(args.files) and not Path(args.files).exists():
-            from assets.collector import storage_settings_from_env
+            from assets.core.settings import storage_settings_from_env
 
             storage = Storage(**storage_settings_from_env())
         return LandedFilesSource.from_location(args.files, storage)

@@ -29,9 +29,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from assets.feeds import REQUIRED_COLUMNS, SYMBOL_PATTERN, FeedSpec
-from assets.readers import CANONICAL, FileReadError, select_canonical, sql_literal
-from assets.storage import Storage
+from assets.core.feeds import REQUIRED_COLUMNS, SYMBOL_PATTERN, FeedSpec
+from assets.core.storage import Storage
+from assets.ingestion.readers import CANONICAL, FileReadError, select_canonical, sql_literal
 
 log = logging.getLogger(__name__)
 

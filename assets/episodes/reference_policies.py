@@ -50,7 +50,7 @@ from typing import Any
 
 import pandas as pd
 
-SEED_PATH = Path(__file__).resolve().parents[1] / "dbt_project" / "seeds" / "reference_policies.csv"
+SEED_PATH = Path(__file__).resolve().parents[2] / "dbt_project" / "seeds" / "reference_policies.csv"
 ACTIONS = ("buy", "sell", "hold")
 KINDS = ("observation", "inference", "decision")
 PARAMETERS = (

@@ -2,7 +2,7 @@
 ``raw_feedback`` daily partitions (one asset per kind in ``TABLE_OF_KIND``).
 
 What exists (this module) is separate from when it is built (orchestration/sensors.py). The
-heavy lifting is plain Python in assets/ingest.py; these definitions add partitions, lineage,
+heavy lifting is plain Python in assets/ingestion/ingest.py; these definitions add partitions, lineage,
 metadata and the blocking checks an operator sees in the Dagster UI.
 """
 
@@ -13,8 +13,10 @@ import json
 import dagster as dg
 from dagster_pandera import pandera_schema_to_dagster_type
 
-from assets.feeds import FeedSpec
-from assets.ingest import (
+from assets.core.feeds import FeedSpec
+from assets.core.partitions import daily_partitions
+from assets.core.resources import FeedsResource, StorageResource
+from assets.ingestion.ingest import (
     TABLE_OF_KIND,
     IngestReport,
     ingest_partitions,
@@ -22,9 +24,7 @@ from assets.ingest import (
     quarantine_path,
     raw_path,
 )
-from assets.schemas import ContractResult, raw_schema, validate_partitions
-from orchestration.partitions import daily_partitions
-from orchestration.resources import FeedsResource, StorageResource
+from assets.ingestion.raw_contracts import ContractResult, raw_schema, validate_partitions
 
 OWNERS = ["team:market-data"]
 # Bump when the ingestion rules change the bytes of raw partitions.

@@ -1,6 +1,6 @@
 """Pandera contracts of the raw tables: what every accepted row must satisfy.
 
-The ingestion rules (assets/ingest.py) decide, in SQL, which rows are quarantined; these schemas
+The ingestion rules (assets/ingestion/ingest.py) decide, in SQL, which rows are quarantined; these schemas
 then check, independently and after the write, what landed in ``raw/``. They back the blocking
 asset checks, so a bug in the rules cannot leak bad rows downstream.
 """
@@ -18,9 +18,9 @@ import pandera.pandas as pa
 import pyarrow as pyarrow_
 import pyarrow.parquet as pq
 
-from assets.feeds import FeedSpec
-from assets.ingest import new_connection
-from assets.storage import Storage
+from assets.core.feeds import FeedSpec
+from assets.core.storage import Storage
+from assets.ingestion.ingest import new_connection
 
 UTC_TS = pd.DatetimeTZDtype("us", "UTC")
 # Arrow-backed strings: pandera checks an object column's type row by row (seconds per million

@@ -1,6 +1,6 @@
 """Landing: put a vendor's file into the landing zone of a declared feed, unchanged.
 
-``python -m assets.land FEED FILE [FILE ...]`` or ``python -m assets.land --default``.
+``python -m assets.ingestion.landing FEED FILE [FILE ...]`` or ``python -m assets.ingestion.landing --default``.
 A landed file is immutable: landing the same name again is refused, never an overwrite.
 """
 
@@ -11,8 +11,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from assets.feeds import FeedSpec
-from assets.storage import Storage
+from assets.core.feeds import FeedSpec
+from assets.core.storage import Storage
 
 DEFAULT_FEED = "bokeh-stocks"
 
@@ -37,9 +37,9 @@ def land_default(storage: Storage, feeds: dict[str, FeedSpec]) -> tuple[str, boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestration.resources import resources_from_env
+    from assets.core.resources import resources_from_env
 
-    parser = argparse.ArgumentParser(prog="python -m assets.land", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m assets.ingestion.landing", description=__doc__)
     parser.add_argument("feed", nargs="?", help="declared feed name")
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--default", action="store_true", help="land the embedded default feed")

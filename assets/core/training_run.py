@@ -1,13 +1,13 @@
 """One training stage with its MLflow run: shared by the in-process launch and the Pipes child.
 
-    python -m orchestration.train_pipes {sft,dpo,prm}     (started by PipesSubprocessClient)
+    python -m assets.core.training_run {sft,dpo,prm}     (started by PipesSubprocessClient)
 
 The child reads everything from the Pipes extras (``config``: the stage config as a dict,
 ``lineage``: the lineage dict, ``tracking``: the MLflow settings), trains, streams the Trainer's
 log lines to Dagster, logs the MLflow run and reports the asset materialization back. It imports
 ``dagster_pipes`` and ``mlflow`` but never ``dagster``.
 
-The in-process launch (assets.training) calls :func:`run_stage` directly, so both launches write
+The in-process launch (assets.models.training) calls :func:`run_stage` directly, so both launches write
 the same MLflow content and the same materialization metadata (:func:`materialization_metadata`,
 values typed with Pipes' metadata type names, which the asset turns into ``MetadataValue``s).
 
@@ -40,10 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MLFLOW_DIR = REPO_ROOT / "var" / "mlflow"
-DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_MLFLOW_DIR / 'mlflow.db'}"
-DEFAULT_ARTIFACT_LOCATION = str(DEFAULT_MLFLOW_DIR / "artifacts")
+from assets.core.settings import DEFAULT_ARTIFACT_LOCATION, DEFAULT_TRACKING_URI
+
 EXPERIMENT = "decision-data"
 CHECKPOINT_ARTIFACT = "checkpoint"
 NEW_VERSION_ALIAS = "challenger"
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] not in STAGES:
-        print(f"usage: python -m orchestration.train_pipes {{{','.join(STAGES)}}}", file=sys.stderr)
+        print(f"usage: python -m assets.core.training_run {{{','.join(STAGES)}}}", file=sys.stderr)
         return 2
     stage = argv[0]
     with open_dagster_pipes() as pipes:

@@ -12,12 +12,12 @@ asset and records where the checkpoint came from:
   few steps) or ``<stage>_gpu.yaml`` (profile ``gpu``), wired to the files, the base model
   (SFT, PRM) or the SFT checkpoint (DPO: policy and frozen reference), and an output folder
   per Dagster run, then the TrainingResource's extra overrides;
-- lineage: ``assets.lineage.dataset_lineage`` (dataset files and digests, episode partitions,
+- lineage: ``assets.episodes.dataset_lineage.dataset_lineage`` (dataset files and digests, episode partitions,
   dbt models and checksums, raw landed files and hashes) plus a ``dagster`` block (run id,
   asset key, upstream materialization, episode partition keys, code revision); the trainer
   writes it, with its own keys, into the checkpoint's lineage.json;
-- launch: in this process (``orchestration.train_pipes.run_stage`` with MLflow logging on each
-  Trainer log) or through Dagster Pipes (``python -m orchestration.train_pipes <stage>`` as a
+- launch: in this process (``assets.core.training_run.run_stage`` with MLflow logging on each
+  Trainer log) or through Dagster Pipes (``python -m assets.core.training_run <stage>`` as a
   subprocess, which runs the same function and reports the materialization back). Both give the
   same MLflow content and the same metadata keys.
 
@@ -32,10 +32,9 @@ from typing import Any
 
 import dagster as dg
 
-from assets.datasets import dataset_path, warehouse_connection
-from assets.lineage import DATASET_MODELS, dataset_lineage
-from orchestration.dbt import dbt_project
-from orchestration.resources import (
+from assets.core.automation import RETRAIN_REASON_TAG
+from assets.core.dbt import dbt_project
+from assets.core.resources import (
     REPO_ROOT,
     FeedsResource,
     MlflowResource,
@@ -43,8 +42,9 @@ from orchestration.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from orchestration.retraining import RETRAIN_REASON_TAG
-from orchestration.train_pipes import file_sha256, materialization_metadata, run_stage
+from assets.core.training_run import file_sha256, materialization_metadata, run_stage
+from assets.episodes.dataset_lineage import DATASET_MODELS, dataset_lineage
+from assets.episodes.datasets import dataset_path, warehouse_connection
 from training.checkpoint import code_digest as training_code_version
 
 OWNERS = ["team:ml"]
@@ -239,7 +239,7 @@ def _run_pipes(
     """Train in a subprocess through Dagster Pipes; the child reports the materialization."""
     client = dg.PipesSubprocessClient(env=mlflow.secret_env(), cwd=str(REPO_ROOT))
     invocation = client.run(
-        command=[sys.executable, "-m", "orchestration.train_pipes", stage],
+        command=[sys.executable, "-m", "assets.core.training_run", stage],
         context=context,
         extras={
             "config": config,

@@ -1,6 +1,6 @@
 """Datasets: the checks that gate the marts and the export of ds_sft / ds_dpo / ds_prm.
 
-The marts (dbt_project/models/marts, the ``dataset_models`` asset of assets/episodes.py) build
+The marts (dbt_project/models/marts, the ``dataset_models`` asset of assets/episodes/dbt_assets.py) build
 fct_decision_episodes and the datasets in the warehouse. Here:
 
 - **Contracts** (blocking asset checks, pandera): each checked model is read with the facts of
@@ -10,7 +10,7 @@ fct_decision_episodes and the datasets in the warehouse. Here:
   validation / test in datasets, no immature episode, and the walk-forward order (the latest
   matured_at of a split is before the earliest decision_ts of the next one).
 - **Leakage** (blocking): a seeded sample of episodes has its features recomputed from the bars
-  of its series truncated at the decision (:func:`assets.features_oracle.point_in_time_mismatches`);
+  of its series truncated at the decision (:func:`assets.episodes.point_in_time_features.point_in_time_mismatches`);
   any difference fails.
 - **Expert agreement** (WARN): how often expert ratings agree with the automatic hard labels.
 - **Exports** (assets ``ds_<name>_files``): each dataset's splits as Parquet under the storage
@@ -44,14 +44,18 @@ import pyarrow
 import pyarrow.parquet as pq
 import yaml
 
-from assets.features_oracle import FEATURE_COLUMNS, LOOKBACK_DAYS, point_in_time_mismatches
-from assets.storage import Storage
-from orchestration.automation import (
+from assets.core.automation import (
     UNPARTITIONED_ASSETS,
     UNPARTITIONED_TAG,
     follow_upstream_unpartitioned,
 )
-from orchestration.resources import StorageResource, WarehouseResource
+from assets.core.resources import StorageResource, WarehouseResource
+from assets.core.storage import Storage
+from assets.episodes.point_in_time_features import (
+    FEATURE_COLUMNS,
+    LOOKBACK_DAYS,
+    point_in_time_mismatches,
+)
 
 OWNERS = ["team:research-data"]
 DATASETS = {"sft": "ds_sft", "dpo": "ds_dpo", "prm": "ds_prm"}
@@ -69,7 +73,7 @@ LEAKAGE_SAMPLE = 50
 LEAKAGE_SEED = 20240101
 # Below this agreement of expert and automatic hard labels the WARN check fails.
 EXPERT_AGREEMENT_MIN = 0.5
-DBT_PROJECT_FILE = Path(__file__).resolve().parents[1] / "dbt_project" / "dbt_project.yml"
+DBT_PROJECT_FILE = Path(__file__).resolve().parents[2] / "dbt_project" / "dbt_project.yml"
 
 UTC_TS = pd.DatetimeTZDtype("us", "UTC")
 TEXT = pd.StringDtype("pyarrow")
@@ -786,7 +790,7 @@ def _contract_check(model: str) -> dg.AssetChecksDefinition:
     pool="duckdb_warehouse",
     description=(
         f"Leakage: {LEAKAGE_SAMPLE} seeded episodes' features recomputed from int_bars truncated "
-        "at their decision time (assets.features_oracle); any difference fails."
+        "at their decision time (assets.episodes.point_in_time_features); any difference fails."
     ),
 )
 def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -874,7 +878,7 @@ def _dataset_files_asset(name: str, condition: dg.AutomationCondition) -> dg.Ass
     return _asset
 
 
-# The exports follow the marts as the marts follow the monthly models (orchestration.automation).
+# The exports follow the marts as the marts follow the monthly models (assets.core.automation).
 dataset_files = [
     _dataset_files_asset(name, follow_upstream_unpartitioned(UNPARTITIONED_ASSETS))
     for name in DATASETS

@@ -16,9 +16,9 @@ from typing import Any
 
 import duckdb
 
-from assets.feeds import FeedSpec
-from assets.ingest import scan_landing
-from assets.storage import Storage
+from assets.core.feeds import FeedSpec
+from assets.core.storage import Storage
+from assets.ingestion.ingest import scan_landing
 
 DATASET_MODELS = {"sft": "ds_sft", "dpo": "ds_dpo", "prm": "ds_prm"}
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from assets.features_oracle import bar_length, normalize_bars, round_half_away
+from assets.episodes.point_in_time_features import bar_length, normalize_bars, round_half_away
 
 ANALOG_COUNT = 250
 MIN_ANALOGS = 20

@@ -30,21 +30,21 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_dbt import DbtCliResource
 from pydantic import PrivateAttr
 
-from assets.feeds import FeedSpec, load_feeds
-from assets.storage import Storage
-from orchestration.dbt import dbt_project
-from orchestration.train_pipes import (
+from assets.core.dbt import dbt_project
+from assets.core.feeds import FeedSpec, load_feeds
+from assets.core.settings import (
     DEFAULT_ARTIFACT_LOCATION,
+    DEFAULT_FEEDS_FILE,
+    DEFAULT_STORAGE_ROOT,
     DEFAULT_TRACKING_URI,
-    EXPERIMENT,
-    Tracker,
+    DEFAULT_TRAINING_ROOT,
+    DEFAULT_WAREHOUSE_PATH,
+    REPO_ROOT,
+    feeds_file_from_env,
 )
+from assets.core.storage import Storage
+from assets.core.training_run import EXPERIMENT, Tracker
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STORAGE_ROOT = str(REPO_ROOT / "var")
-DEFAULT_FEEDS_FILE = str(REPO_ROOT / "feeds.yaml")
-DEFAULT_WAREHOUSE_PATH = str(REPO_ROOT / "var" / "warehouse" / "warehouse.duckdb")
-DEFAULT_TRAINING_ROOT = str(REPO_ROOT / "var" / "training")
 TRAINING_CONFIGS = REPO_ROOT / "training" / "configs"
 TRAINING_PROFILES = ("cpu-small", "gpu")
 TRAINING_LAUNCHES = ("in_process", "pipes")
@@ -119,7 +119,7 @@ class MlflowResource(ConfigurableResource):
     password: str | None = None
 
     def settings(self) -> dict[str, str | None]:
-        """Keyword arguments of orchestration.train_pipes.Tracker (also sent to a Pipes child)."""
+        """Keyword arguments of assets.core.training_run.Tracker (also sent to a Pipes child)."""
         return {
             "tracking_uri": self.tracking_uri,
             "artifact_location": self.artifact_location,
@@ -190,11 +190,6 @@ def dbt_executable() -> str:
     activated environment; plain ``dbt`` from PATH otherwise."""
     candidate = Path(sys.executable).parent / "dbt"
     return str(candidate) if candidate.exists() else "dbt"
-
-
-def feeds_file_from_env(env: Mapping[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    return env.get("DD_FEEDS_FILE") or DEFAULT_FEEDS_FILE
 
 
 # 2 x the default drift window (4 policies' episodes per decision point): enough fresh evidence

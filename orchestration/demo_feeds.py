@@ -9,7 +9,7 @@
   automatic label, sometimes not, sometimes neutral. It stands in for real raters so the
   demo shows ratings overriding labels and the agreement report; it reads the warehouse.
 
-``python -m assets.demo_feeds journal OUT.csv`` / ``feedback OUT.csv``.
+``python -m orchestration.demo_feeds journal OUT.csv`` / ``feedback OUT.csv``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from assets.datasets import connect_read_only
-from assets.land import default_feed_file
+from assets.episodes.datasets import connect_read_only
+from assets.ingestion.landing import default_feed_file
 
 AGENTS = ("desk-alice", "desk-bob")
 
@@ -105,7 +105,7 @@ def simulated_expert_feedback(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m assets.demo_feeds", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m orchestration.demo_feeds", description=__doc__)
     parser.add_argument("what", choices=["journal", "feedback"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--warehouse", help="DuckDB file (feedback only)")

@@ -1,6 +1,12 @@
-"""Named automation conditions: when derived assets rebuild by themselves."""
+"""Named automation conditions (when derived assets rebuild by themselves) and the run tags
+that say why a retraining run started."""
 
 import dagster as dg
+
+# Why a train_models run started (drift, new_data, schedule; orchestration/retraining.py sets
+# them, the training assets record them in metadata and lineage.json).
+RETRAIN_REASON_TAG = "decision_data/retrain_reason"
+RETRAIN_DETAIL_TAG = "decision_data/retrain_detail"
 
 
 def follow_upstream() -> dg.AutomationCondition:

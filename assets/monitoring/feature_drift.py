@@ -6,7 +6,7 @@ dataset's ``split_validation_start``, recorded on ``champion_model`` as ``snapsh
 Without a champion the reference is the history just before the window, so the scores exist
 from the first build on.
 
-What is compared (statistics and thresholds: ``assets/drift_stats.py``):
+What is compared (statistics and thresholds: ``assets/monitoring/drift_stats.py``):
 
 - market features of the decision points (``int_decision_points``): returns, volatility,
   volume z-score, range, gap and trend gap (PSI, normalized Wasserstein, KS test) and the
@@ -33,8 +33,12 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from assets.datasets import warehouse_connection
-from assets.drift_stats import (
+from assets.core.automation import follow_upstream_unpartitioned
+from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.episodes.datasets import warehouse_connection
+from assets.episodes.point_in_time_features import FEATURE_COLUMNS
+from assets.models.evaluation import latest_metadata
+from assets.monitoring.drift_stats import (
     DriftPolicy,
     DriftState,
     FeatureDrift,
@@ -43,10 +47,6 @@ from assets.drift_stats import (
     compare_windows,
     decide,
 )
-from assets.evaluation import latest_metadata
-from assets.features_oracle import FEATURE_COLUMNS
-from orchestration.automation import follow_upstream_unpartitioned
-from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
 
 GROUP = "monitoring"
 OWNERS = ["team:ml-platform"]
@@ -60,7 +60,7 @@ LABEL_CATEGORICAL = ("decision_quality", "best_action_ex_ante", "all_steps_corre
 
 
 class DriftConfig(dg.Config):
-    """Windows and thresholds of feature_drift (defaults justified in assets/drift_stats.py)."""
+    """Windows and thresholds of feature_drift (defaults justified in assets/monitoring/drift_stats.py)."""
 
     window_rows: int = Field(
         default=2000,
@@ -390,7 +390,7 @@ def accuracy_drop_test(
 def recent_mature_points(con, since: str, max_points: int) -> pd.DataFrame:
     """The newest mature decision points after ``since`` (one row per prompt), as the
     evaluation scores them."""
-    from assets.evaluation import decision_test_points
+    from assets.models.evaluation import decision_test_points
 
     episodes = con.execute(
         "select * exclude (reasoning_steps, step_labels) from fct_decision_episodes "
@@ -427,7 +427,7 @@ def champion_performance(
 ) -> dg.MaterializeResult:
     import tempfile
 
-    from assets.evaluation import (
+    from assets.models.evaluation import (
         TAG_ITEMS,
         champion_version,
         download_checkpoint,

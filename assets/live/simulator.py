@@ -618,7 +618,7 @@ def _parse_symbols(text: str) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m assets.simulator", description="Write simulated market trades."
+        prog="python -m assets.live.simulator", description="Write simulated market trades."
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--start", required=True, type=date.fromisoformat, help="first UTC day")

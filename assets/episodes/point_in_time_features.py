@@ -1,8 +1,10 @@
-"""Brute-force pandas oracle of the point-in-time features of ``int_features`` (dbt).
+"""The point-in-time features of ``int_features`` (dbt), recomputed by brute force in pandas: the
+reference of the episodes' leakage check and of the tests.
 
-Plain pandas and numpy, no Dagster and no warehouse: the tests compare dbt's table with
-:func:`compute_features`, and the episodes' leakage check recomputes single rows from data
-truncated at decision time with :func:`recompute_features_at` / :func:`point_in_time_mismatches`.
+Plain pandas and numpy, no Dagster and no warehouse: the dataset exports' leakage check
+(assets/episodes/datasets.py) recomputes single rows from data truncated at decision time with
+:func:`recompute_features_at` / :func:`point_in_time_mismatches`, and the tests compare dbt's
+table with :func:`compute_features`.
 
 Definitions (t = the decision bar; windows are counted in bars of one series, i.e. one symbol and
 bar_interval, ordered by ts; ``ln`` is the natural log):

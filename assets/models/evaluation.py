@@ -51,7 +51,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from orchestration.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from training.backtest import SUMMARY_COLUMNS, backtest, model_rewards
 from training.checkpoint import code_digest as training_code_version
 from training.evaluation import (
@@ -755,7 +755,7 @@ def read_test_episodes(warehouse_path: str | Path, split: str = "test") -> pd.Da
     exist), read-only. A warehouse locked by a writer is retried for up to a minute."""
     import duckdb
 
-    from assets.datasets import warehouse_connection
+    from assets.episodes.datasets import warehouse_connection
 
     deadline = time.monotonic() + 60.0
     while True:

@@ -1,6 +1,6 @@
 """Live trade collector: a websocket trade stream → micro-batch files in a feed's landing zone.
 
-``python -m assets.collector --url ws://127.0.0.1:8765 --feed live-trades`` consumes a stream in
+``python -m assets.live.collector --url ws://127.0.0.1:8765 --feed live-trades`` consumes a stream in
 Binance's spot trade-stream format (``{"e":"trade","s":"BTCUSDT","t":<id>,"p":"…","q":"…",
 "T":<ms>,"m":…,"M":…}``, raw or wrapped as ``{"stream":"btcusdt@trade","data":{…}}``) and lands
 what it received every ``--flush-seconds`` or ``--flush-messages``, whichever comes first. The
@@ -29,7 +29,7 @@ Design, and why:
 - **Resume protocol.** On every (re)connect the collector asks the server to resume after the
   highest id it holds per symbol (committed or pending): the query parameter
   ``fromId=SYMBOL:ID,…`` on the websocket URL, ``ID`` being the first id wanted (inclusive, as
-  Binance's REST ``fromId``), which :mod:`assets.replay` honours. Real Binance has no such parameter (turn it off with
+  Binance's REST ``fromId``), which :mod:`assets.live.replay` honours. Real Binance has no such parameter (turn it off with
   ``--no-resume-param``): there the gap is filled by the :data:`GapFill` hook, called after each
   connect with the same ids, before the first stream message is read. :class:`BinanceRestGapFill`
   is that hook for Binance (``GET /api/v3/historicalTrades?fromId=``); nothing calls it unless
@@ -57,7 +57,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import random
 import re
 import signal
@@ -69,21 +68,20 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
-from assets.feeds import load_feeds
-from assets.replay import format_from_ids
-from assets.storage import Storage
+from assets.core.feeds import load_feeds
+from assets.core.settings import feeds_file_from_env, storage_settings_from_env
+from assets.core.storage import Storage
+from assets.live.wire import SYMBOL_NAME, format_from_ids
 
 # Named, not __name__: under "python -m" that would be "__main__".
-log = logging.getLogger("assets.collector")
+log = logging.getLogger("assets.live.collector")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "ws://127.0.0.1:8765"
 DEFAULT_FEED = "live-trades"
 STATE_FILE = "_collector-state.json"
@@ -92,7 +90,6 @@ LANDED_NAME = re.compile(
     r"^(?P<symbol>[A-Z0-9]+)-trades-(?P<day>\d{4}-\d{2}-\d{2})-(?P<first_id>\d+)-(?P<last_id>\d+)"
     r"\.csv$"
 )
-SYMBOL_NAME = re.compile(r"^[A-Z0-9]{1,32}$")
 US_PER_DAY = 86_400_000_000
 EPOCH = date(1970, 1, 1)
 # Quote quantity = price x qty, rounded to 8 decimals as Binance's dumps (and our simulator)
@@ -700,31 +697,9 @@ class Collector:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-def storage_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """Storage root and S3 settings chosen from the environment exactly as
-    ``orchestration.resources.resources_from_env`` chooses them (``DD_STORAGE_ROOT``, default
-    ``./var`` of the repository; ``AWS_ENDPOINT_URL`` and the AWS keys for S3).
-
-    Not imported from there: that module loads Dagster and dbt, seconds of start-up that a small
-    long-running process does not need. tests/test_collector.py checks that the two agree."""
-    env = os.environ if env is None else env
-    return {
-        "root": env.get("DD_STORAGE_ROOT") or str(REPO_ROOT / "var"),
-        "s3_endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
-        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID") or None,
-        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY") or None,
-    }
-
-
-def feeds_file_from_env(env: Mapping[str, str] | None = None) -> str:
-    """``DD_FEEDS_FILE``, else the repository's feeds.yaml (as orchestration.resources)."""
-    env = os.environ if env is None else env
-    return env.get("DD_FEEDS_FILE") or str(REPO_ROOT / "feeds.yaml")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m assets.collector",
+        prog="python -m assets.live.collector",
         description="Collect a Binance-format websocket trade stream into a feed's landing zone.",
     )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"websocket URL (default {DEFAULT_URL})")

@@ -17,14 +17,14 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from orchestration.automation import (
+from assets.core.automation import (
     UNPARTITIONED_TAG,
     follow_upstream,
     follow_upstream_unpartitioned,
 )
-from orchestration.dbt import dbt_project
-from orchestration.partitions import monthly_partitions
-from orchestration.resources import StorageResource, WarehouseResource
+from assets.core.dbt import dbt_project
+from assets.core.partitions import monthly_partitions
+from assets.core.resources import StorageResource, WarehouseResource
 
 OWNERS = ["team:research-data"]
 # dbt selection of the unpartitioned models (``dataset_models``); is_unpartitioned says the same.

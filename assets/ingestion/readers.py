@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from assets.feeds import (
+from assets.core.feeds import (
     BINANCE_TRADE_COLUMNS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
