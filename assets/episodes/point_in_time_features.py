@@ -109,10 +109,31 @@ def round_half_away(values: pd.Series, decimals: int = DECIMALS) -> pd.Series:
     return pd.Series(rounded, index=values.index)
 
 
+def adjust_prices(bars: pd.DataFrame) -> pd.DataFrame:
+    """Split/dividend-adjusted bars where ``adj_close`` is positive, as stg_bars adjusts them.
+
+    adj_factor = adj_close / close scales open/high/low, close becomes adj_close, volume is
+    divided by the factor; bars without an adjusted close stay as delivered. Idempotent.
+    """
+    if "adj_close" not in bars:
+        return bars
+    out = bars.copy()
+    adj_close = pd.to_numeric(out["adj_close"], errors="coerce").astype(float)
+    close = out["close"].astype(float)
+    usable = (adj_close > 0) & (close > 0)
+    factor = (adj_close / close).where(usable, 1.0)
+    for column in ("open", "high", "low"):
+        out[column] = out[column].astype(float) * factor
+    out["close"] = adj_close.where(factor != 1.0, close)
+    out["volume"] = out["volume"].astype(float) / factor
+    return out
+
+
 def normalize_bars(bars: pd.DataFrame) -> pd.DataFrame:
     """Bars with tz-aware UTC ts, bar_date as datetime64[D] and bar_interval (raw files call it
-    interval), sorted by series and ts."""
-    out = bars.rename(columns={"interval": "bar_interval"}).copy()
+    interval), prices adjusted (``adjust_prices``), sorted by series and ts."""
+    out = adjust_prices(bars.rename(columns={"interval": "bar_interval"}))
+    out = out.copy()
     out["ts"] = pd.to_datetime(out["ts"], utc=True)
     if "bar_date" not in out:
         out["bar_date"] = out["ts"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
