@@ -90,6 +90,7 @@ LINEAGE_PATHS = {
         "int_features",
         "int_decision_points",
         "int_decisions",
+        "int_all_decisions",
         "fct_decision_episodes",
         "ds_sft",
         "ds_sft_files",
@@ -113,12 +114,19 @@ LINEAGE_PATHS = {
         "prm_model",
         "model_evaluation",
     ],
-    "step_labels": ["int_decisions", "int_step_labels", "fct_step_labels", "ds_prm"],
+    "step_labels": [
+        "int_decisions",
+        "int_all_decisions",
+        "int_step_labels",
+        "fct_step_labels",
+        "ds_prm",
+    ],
     "recorded_decisions": [
         "landing/recorded-decisions",
         "raw_decisions",
         "stg_decisions",
         "int_recorded_decisions",
+        "int_all_decisions",
         "fct_decision_episodes",
     ],
     "expert_feedback": [

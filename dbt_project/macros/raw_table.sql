@@ -18,7 +18,7 @@
                 * exclude (date),
                 date as partition_date
             from read_parquet('{{ pattern }}', hive_partitioning = true)
-            where date between date '{{ first_date }}' and date '{{ last_date }}'
+            where {{ in_build_window('date', first_date, last_date) }}
         )
     {%- else %}
         (
@@ -53,25 +53,5 @@
         null::date as partition_date
     {%- else -%}
         {{ exceptions.raise_compiler_error("raw_empty_columns: unknown raw table " ~ table) }}
-    {%- endif -%}
-{% endmacro %}
-
-{#- The first day whose data a build of [min_date, max_date] must re-read. -#}
-{% macro lookback_start() %}
-    {{- (modules.datetime.date.fromisoformat(var('min_date'))
-        - modules.datetime.timedelta(days=var('lookback_days') | int)).isoformat() -}}
-{% endmacro %}
-
-{#-
-  Pre-hook of every incremental intermediate model (dbt_project.yml): a build replaces the days
-  of its window, so re-running a window gives the same rows and a narrower rebuild of a few days
-  leaves the others alone.
--#}
-{% macro delete_build_window() %}
-    {%- if is_incremental() -%}
-        delete from {{ this }}
-        where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-    {%- else -%}
-        select 1
     {%- endif -%}
 {% endmacro %}

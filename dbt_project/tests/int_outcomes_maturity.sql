@@ -3,8 +3,7 @@
   (matured_at is not null), mature rows have every fwd_ret set, matured_at is after the bar, and
   a horizon's path columns are set exactly with its return and bracket it.
 -#}
-{%- set horizons = var('horizons', [1, 5, 20]) -%}
-{%- set horizons = [horizons] if horizons is number else horizons -%}
+{%- set horizons = outcome_horizons() -%}
 with
 
 outcomes as (
@@ -22,7 +21,7 @@ violations as (
     where
         is_mature != (matured_at is not null)
         or matured_at <= ts
-        {%- for h in horizons | map('int') | unique %}
+        {%- for h in horizons %}
             or (is_mature and fwd_ret_{{ h }} is null)
             or (fwd_path_min_{{ h }} is null) != (fwd_ret_{{ h }} is null)
             or (fwd_path_max_{{ h }} is null) != (fwd_ret_{{ h }} is null)

@@ -7,12 +7,12 @@ with
 
 delivered as (
     select * from {{ ref('stg_bars') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 trades as (
     select * from {{ ref('stg_trades') }}
-    where trade_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window('trade_date') }}
 ),
 
 delivered_bars as (

@@ -1,5 +1,5 @@
 {#-
-  Counterfactual and ex-ante rewards of every decision: one row per int_decisions row of the
+  Counterfactual and ex-ante rewards of every decision: one row per int_all_decisions row of the
   build window, for the reward horizon H = the largest of var('horizons').
 
   Realized (from int_outcomes; NULL while the episode is immature), with
@@ -32,8 +32,8 @@
                        both others is positive); they sum to 1. n_rollouts counts the rollouts.
   int_step_labels uses them as Math-Shepherd style soft labels of reasoning steps.
 
-  Decisions: every reference policy's (int_decisions) and every recorded decision matched to a
-  decision point (int_recorded_decisions).
+  Decisions (int_all_decisions): every reference policy's (int_decisions) and every recorded
+  decision matched to a decision point (int_recorded_decisions).
 
   Judgement, from ex-ante values only:
     ev_action          size * ev_<action> (0 for hold): the expected value of reward
@@ -50,11 +50,7 @@
   bounded per decision). ev and ev_se are rounded to 10 decimals.
   Incremental by day: a build replaces the days of its window.
 -#}
-{%- set horizons_var = var('horizons', [1, 5, 20]) -%}
-{%- if horizons_var is number -%}
-    {%- set horizons_var = [horizons_var] -%}
-{%- endif -%}
-{%- set max_h = horizons_var | map('int') | max -%}
+{%- set max_h = outcome_horizons()[-1] -%}
 {%- set lookback_days = var('lookback_days') | int -%}
 {%- set lookahead_days = var('lookahead_days', 45) | int -%}
 {%- set analog_count = var('analog_count', 250) | int -%}
@@ -65,12 +61,12 @@ with
 
 bars as (
     select * from {{ ref('int_bars') }}
-    where bar_date between date '{{ lookback_start() }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window(first_day=lookback_start()) }}
 ),
 
 points as (
     select * from {{ ref('int_decision_points') }}
-    where bar_date between date '{{ lookback_start() }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window(first_day=lookback_start()) }}
 ),
 
 -- The analogs' outcomes, as int_outcomes computes fwd_ret_H and matured_at.
@@ -140,7 +136,7 @@ window_points as (
         vol_20,
         bar_date - {{ lookback_days }} as analog_first_date
     from points
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 -- The last analog matured by decision_ts (its rank is the number matured so far) ...
@@ -284,41 +280,14 @@ point_values as (
         on counted.decision_point_id = action_probabilities.decision_point_id
 ),
 
-reference_decisions as (
-    select * from {{ ref('int_decisions') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-),
-
-recorded_decisions as (
-    select * from {{ ref('int_recorded_decisions') }}
-    where
-        bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-        and decision_point_id is not null
-),
-
 decisions as (
-    {%- for relation in ['reference_decisions', 'recorded_decisions'] %}
-        select
-            episode_id,
-            decision_point_id,
-            symbol,
-            bar_interval,
-            ts,
-            decision_ts,
-            bar_date,
-            policy_id,
-            policy_version,
-            action,
-            size,
-            source_hashes
-        from {{ relation }}
-        {{ 'union all' if not loop.last }}
-    {%- endfor %}
+    select * from {{ ref('int_all_decisions') }}
+    where {{ in_build_window() }}
 ),
 
 outcomes as (
     select * from {{ ref('int_outcomes') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 realized as (

@@ -25,125 +25,68 @@ with
 
 decision_points as (
     select * from {{ ref('int_decision_points') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 policies as (
     select * from {{ ref('reference_policies') }}
 ),
 
+-- Every (decision point, policy version); each rule below takes the rows of its policies.
+policy_points as (
+    select
+        decision_points.*,
+        policies.*
+    from decision_points
+    cross join policies
+),
+
 -- momentum_v1 ----------------------------------------------------------------------------------
 momentum_signals as (
     select
-        decision_points.*,
-        policies.policy_id,
-        policies.policy_version,
-        policies.entry_sigma,
-        policies.size_per_sigma,
-        policies.size_cap,
+        *,
         {{ as_rendered('ret_20 / (greatest(vol_20, vol_floor) * sqrt(20))', 4) }} as signal
-    from decision_points
-    cross join policies
-    where policies.rule = 'momentum_v1'
+    from policy_points
+    where rule = 'momentum_v1'
 ),
 
 momentum_actions as (
     select
         *,
-        case
-            when signal > entry_sigma then 'buy'
-            when signal < -entry_sigma then 'sell'
-            else 'hold'
-        end as action
+        {{ band_side('signal', 'entry_sigma', "'buy'", "'sell'") }} as action
     from momentum_signals
 ),
 
 momentum_sized as (
     select
         *,
-        case
-            when action = 'hold' then cast(0 as double)
-            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
-        end as size
+        {{ signal_size() }} as size
     from momentum_actions
 ),
 
 momentum as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
-        policy_id,
-        policy_version,
-        action,
-        size,
+        *,
         [
-            {
-                'step_index': 1,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
-                'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
-            },
-            {
-                'step_index': 2,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
-                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-            },
-            {
-                'step_index': 3,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': 'Regime is ' || regime || '; the close is '
-                || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
-                'claim': 'regime=' || regime || ';trend_gap_50='
-                || {{ fmt_fixed('trend_gap_50', 6) }}
-            },
-            {
-                'step_index': 4,
-                'kind': 'inference',
-                'implies': action,
-                'text': '20-bar momentum is ' || {{ fmt_signed('signal') }} || ' sigma, '
-                || case
-                    when signal > entry_sigma
-                        then
-                            'above the +' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma entry band: the trend is up.'
-                    when signal < -entry_sigma
-                        then
-                            'below the -' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma entry band: the trend is down.'
-                    else
-                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
-                        || ' sigma entry band: no clear trend.'
-                end,
-                'claim': {{ band_claim('momentum_sigma', 'signal', 'entry_sigma') }}
-            },
+            {{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }},
+            {{ band_inference(
+                4, 'action', '20-bar momentum is {signal} sigma, ', 'entry band',
+                ['above', 'the trend is up'], ['below', 'the trend is down'], 'no clear trend',
+                'momentum_sigma'
+            ) }},
             {{ decision_step(5) }}
-        ] as reasoning_steps,
-        source_hashes
+        ] as reasoning_steps
     from momentum_sized
 ),
 
 -- mean_reversion_v1 ----------------------------------------------------------------------------
 mean_reversion_moves as (
     select
-        decision_points.*,
-        policies.policy_id,
-        policies.policy_version,
-        policies.entry_sigma,
-        policies.size_per_sigma,
-        policies.size_cap,
+        *,
         {{ as_rendered('ret_1 / greatest(vol_20, vol_floor)', 4) }} as move_1,
         {{ as_rendered('ret_5 / (greatest(vol_20, vol_floor) * sqrt(5))', 4) }} as move_5
-    from decision_points
-    cross join policies
-    where policies.rule = 'mean_reversion_v1'
+    from policy_points
+    where rule = 'mean_reversion_v1'
 ),
 
 mean_reversion_signals as (
@@ -157,58 +100,22 @@ mean_reversion_signals as (
 mean_reversion_actions as (
     select
         *,
-        case
-            when signal > entry_sigma then 'sell'
-            when signal < -entry_sigma then 'buy'
-            else 'hold'
-        end as action
+        {{ band_side('signal', 'entry_sigma', "'sell'", "'buy'") }} as action
     from mean_reversion_signals
 ),
 
 mean_reversion_sized as (
     select
         *,
-        case
-            when action = 'hold' then cast(0 as double)
-            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
-        end as size
+        {{ signal_size() }} as size
     from mean_reversion_actions
 ),
 
 mean_reversion as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
-        policy_id,
-        policy_version,
-        action,
-        size,
+        *,
         [
-            {
-                'step_index': 1,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': 'Last bar''s log return is ' || {{ fmt_pct('ret_1') }} || '.',
-                'claim': 'ret_1=' || {{ fmt_fixed('ret_1', 6) }}
-            },
-            {
-                'step_index': 2,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '5-bar log return is ' || {{ fmt_pct('ret_5') }} || '.',
-                'claim': 'ret_5=' || {{ fmt_fixed('ret_5', 6) }}
-            },
-            {
-                'step_index': 3,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
-                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-            },
+            {{ observation_steps(['ret_1', 'ret_5', 'vol_20']) }},
             {
                 'step_index': 4,
                 'kind': 'inference',
@@ -219,50 +126,26 @@ mean_reversion as (
                 'claim': 'move_1_sigma=' || {{ fmt_fixed('move_1', 4) }}
                 || ';move_5_sigma=' || {{ fmt_fixed('move_5', 4) }}
             },
-            {
-                'step_index': 5,
-                'kind': 'inference',
-                'implies': action,
-                'text': 'A ' || {{ fmt_signed('signal') }} || ' sigma move is '
-                || case
-                    when signal > entry_sigma
-                        then
-                            'beyond the +' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma stretch band: expect a pullback.'
-                    when signal < -entry_sigma
-                        then
-                            'beyond the -' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma stretch band: expect a bounce.'
-                    else
-                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
-                        || ' sigma stretch band: not stretched.'
-                end,
-                'claim': {{ band_claim('stretch_sigma', 'signal', 'entry_sigma') }}
-            },
+            {{ band_inference(
+                5, 'action', 'A {signal} sigma move is ', 'stretch band',
+                ['beyond', 'expect a pullback'], ['beyond', 'expect a bounce'], 'not stretched',
+                'stretch_sigma'
+            ) }},
             {{ decision_step(6) }}
-        ] as reasoning_steps,
-        source_hashes
+        ] as reasoning_steps
     from mean_reversion_sized
 ),
 
 -- breakout_v1 ----------------------------------------------------------------------------------
 breakout_signals as (
     select
-        decision_points.*,
-        policies.policy_id,
-        policies.policy_version,
-        policies.entry_sigma,
-        policies.size_per_sigma,
-        policies.size_cap,
-        policies.range_vols_min,
-        policies.volume_z_min,
+        *,
         {{ as_rendered('trend_gap_50 / (greatest(vol_20, vol_floor) * sqrt(20))', 4) }}
             as signal,
         {{ as_rendered('range_pct / greatest(vol_20, vol_floor)', 4) }} as range_vols,
         {{ as_rendered('volume_z_20', 4) }} as volume_z
-    from decision_points
-    cross join policies
-    where policies.rule = 'breakout_v1'
+    from policy_points
+    where rule = 'breakout_v1'
 ),
 
 breakout_confirmed as (
@@ -278,9 +161,7 @@ breakout_actions as (
         *,
         case
             when not (range_ok or volume_ok) then 'hold'
-            when signal > entry_sigma then 'buy'
-            when signal < -entry_sigma then 'sell'
-            else 'hold'
+            else {{ band_side('signal', 'entry_sigma', "'buy'", "'sell'") }}
         end as action
     from breakout_confirmed
 ),
@@ -288,85 +169,21 @@ breakout_actions as (
 breakout_sized as (
     select
         *,
-        case
-            when action = 'hold' then cast(0 as double)
-            else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
-        end as size
+        {{ signal_size() }} as size
     from breakout_actions
 ),
 
 breakout as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
-        policy_id,
-        policy_version,
-        action,
-        size,
+        *,
         [
-            {
-                'step_index': 1,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': 'The close is ' || {{ fmt_pct('trend_gap_50') }}
-                || ' from its 50-bar mean.',
-                'claim': 'trend_gap_50=' || {{ fmt_fixed('trend_gap_50', 6) }}
-            },
-            {
-                'step_index': 2,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
-                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-            },
-            {
-                'step_index': 3,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': 'The bar''s high-low range is ' || {{ fmt_upct('range_pct') }}
-                || ' of the close.',
-                'claim': 'range_pct=' || {{ fmt_fixed('range_pct', 6) }}
-            },
-            {
-                'step_index': 4,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': coalesce(
-                    'Volume z-score against the previous 20 bars is '
-                    || {{ fmt_signed('volume_z_20') }} || '.',
-                    'Volume z-score is undefined: the previous 20 volumes were constant.'
-                ),
-                'claim': 'volume_z_20=' || coalesce({{ fmt_fixed('volume_z_20', 6) }}, 'null')
-            },
-            {
-                'step_index': 5,
-                'kind': 'inference',
-                'implies': case
-                    when signal > entry_sigma then 'buy'
-                    when signal < -entry_sigma then 'sell'
-                    else 'hold'
-                end,
-                'text': 'The close is ' || {{ fmt_signed('signal') }}
-                || ' sigma from its 50-bar mean, '
-                || case
-                    when signal > entry_sigma
-                        then
-                            'above the +' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma band: an upside breakout.'
-                    when signal < -entry_sigma
-                        then
-                            'below the -' || {{ fmt_fixed('entry_sigma', 2) }}
-                            || ' sigma band: a downside breakout.'
-                    else
-                        'within the +/-' || {{ fmt_fixed('entry_sigma', 2) }}
-                        || ' sigma band: no breakout.'
-                end,
-                'claim': {{ band_claim('trend_sigma', 'signal', 'entry_sigma') }}
-            },
+            {{ observation_steps(['trend_gap_50', 'vol_20', 'range_pct', 'volume_z_20']) }},
+            {{ band_inference(
+                5, band_side('signal', 'entry_sigma', "'buy'", "'sell'"),
+                'The close is {signal} sigma from its 50-bar mean, ', 'band',
+                ['above', 'an upside breakout'], ['below', 'a downside breakout'], 'no breakout',
+                'trend_sigma'
+            ) }},
             {
                 'step_index': 6,
                 'kind': 'inference',
@@ -396,24 +213,18 @@ breakout as (
                 || case when range_ok or volume_ok then 'true' else 'false' end
             },
             {{ decision_step(7) }}
-        ] as reasoning_steps,
-        source_hashes
+        ] as reasoning_steps
     from breakout_sized
 ),
 
 -- risk_off_v1 ----------------------------------------------------------------------------------
 risk_off_conditions as (
     select
-        decision_points.*,
-        policies.policy_id,
-        policies.policy_version,
-        policies.size_cap,
-        policies.vol_max,
+        *,
         ends_with(regime, '_volatile') as volatile,
         {{ as_rendered('vol_20', 6) }} > vol_max as high_vol
-    from decision_points
-    cross join policies
-    where policies.rule = 'risk_off_v1'
+    from policy_points
+    where rule = 'risk_off_v1'
 ),
 
 risk_off_actions as (
@@ -429,31 +240,9 @@ risk_off_actions as (
 
 risk_off as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
-        policy_id,
-        policy_version,
-        action,
-        size,
+        *,
         [
-            {
-                'step_index': 1,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': 'Regime is ' || regime || '.',
-                'claim': 'regime=' || regime
-            },
-            {
-                'step_index': 2,
-                'kind': 'observation',
-                'implies': cast(null as varchar),
-                'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }} || ' per bar.',
-                'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-            },
+            {{ observation_steps(['regime', 'vol_20']) }},
             {
                 'step_index': 3,
                 'kind': 'inference',
@@ -474,19 +263,18 @@ risk_off as (
                 || {{ fmt_fixed('vol_max', 6) }}
             },
             {{ decision_step(4) }}
-        ] as reasoning_steps,
-        source_hashes
+        ] as reasoning_steps
     from risk_off_actions
 ),
 
--- all policies ---------------------------------------------------------------------------------
+-- all policies (each rule's own columns, such as its signal, are NULL in the others' rows) -----
 decisions as (
     select * from momentum
-    union all
+    union all by name
     select * from mean_reversion
-    union all
+    union all by name
     select * from breakout
-    union all
+    union all by name
     select * from risk_off
 ),
 
@@ -507,12 +295,7 @@ final as (
         policy_version,
         action,
         size,
-        cast(
-            reasoning_steps
-            as struct(
-                step_index integer, kind varchar, implies varchar, text varchar, claim varchar
-            )[]
-        ) as reasoning_steps,
+        cast(reasoning_steps as {{ reasoning_steps_type() }}) as reasoning_steps,
         source_hashes
     from decisions
 )

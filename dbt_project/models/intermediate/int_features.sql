@@ -22,7 +22,7 @@ with
 
 bars as (
     select * from {{ ref('int_bars') }}
-    where bar_date between date '{{ lookback_start() }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window(first_day=lookback_start()) }}
 ),
 
 bars_per_day as (
@@ -179,7 +179,7 @@ final as (
         bars_seen >= 121 as warm,
         source_hashes
     from regimes
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 )
 
 select * from final

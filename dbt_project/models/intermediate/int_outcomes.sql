@@ -27,16 +27,7 @@
   Incremental by day: a build replaces the days of its window. Changing horizons changes the
   columns and needs --full-refresh (on_schema_change='fail' says so instead of dropping them).
 -#}
-{%- set horizons_var = var('horizons', [1, 5, 20]) -%}
-{%- if horizons_var is number -%}
-    {%- set horizons_var = [horizons_var] -%}
-{%- endif -%}
-{%- set horizons = horizons_var | map('int') | unique | sort | list -%}
-{%- if horizons | length == 0 or horizons[0] < 1 -%}
-    {{ exceptions.raise_compiler_error(
-        "var('horizons') must be positive bar counts, got " ~ horizons_var
-    ) }}
-{%- endif -%}
+{%- set horizons = outcome_horizons() -%}
 {%- set max_h = horizons[-1] -%}
 {%- set lookahead_days = var('lookahead_days', 45) | int -%}
 {%- set lookahead = modules.datetime.timedelta(days=lookahead_days) -%}
@@ -50,7 +41,7 @@ with
 
 bars as (
     select * from {{ ref('int_bars') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ read_until.isoformat() }}'
+    where {{ in_build_window(last_day=read_until.isoformat()) }}
 ),
 
 ahead as (
@@ -103,7 +94,7 @@ outcomes as (
         horizon_ts is not null as is_mature,
         list_sort(list_distinct(flatten(lineage))) as outcome_source_hashes
     from ahead
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 )
 
 select * from outcomes

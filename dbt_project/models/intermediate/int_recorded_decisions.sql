@@ -20,6 +20,8 @@
   Incremental by day: a build replaces the days of its window.
 -#}
 {%- set staleness_days = var('recorded_max_staleness_days', 4) | int -%}
+{%- set first_point_day = modules.datetime.date.fromisoformat(var('min_date'))
+    - modules.datetime.timedelta(days=staleness_days) -%}
 with
 
 recorded as (
@@ -28,9 +30,7 @@ recorded as (
 
 points as (
     select * from {{ ref('int_decision_points') }}
-    where
-        bar_date between date '{{ var("min_date") }}' - {{ staleness_days }}
-        and date '{{ var("max_date") }}'
+    where {{ in_build_window(first_day=first_point_day.isoformat()) }}
 ),
 
 attached as (
@@ -63,7 +63,7 @@ matched as (
 
 in_window as (
     select * from matched
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 final as (
@@ -89,32 +89,7 @@ final as (
         rationale,
         cast(
             list_concat(
-                [
-                    {
-                        'step_index': 1,
-                        'kind': 'observation',
-                        'implies': cast(null as varchar),
-                        'text': '20-bar log return is ' || {{ fmt_pct('ret_20') }} || '.',
-                        'claim': 'ret_20=' || {{ fmt_fixed('ret_20', 6) }}
-                    },
-                    {
-                        'step_index': 2,
-                        'kind': 'observation',
-                        'implies': cast(null as varchar),
-                        'text': '20-bar volatility is ' || {{ fmt_upct('vol_20') }}
-                        || ' per bar.',
-                        'claim': 'vol_20=' || {{ fmt_fixed('vol_20', 6) }}
-                    },
-                    {
-                        'step_index': 3,
-                        'kind': 'observation',
-                        'implies': cast(null as varchar),
-                        'text': 'Regime is ' || regime || '; the close is '
-                        || {{ fmt_pct('trend_gap_50') }} || ' from its 50-bar mean.',
-                        'claim': 'regime=' || regime || ';trend_gap_50='
-                        || {{ fmt_fixed('trend_gap_50', 6) }}
-                    }
-                ],
+                [{{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }}],
                 case
                     when rationale is not null
                         then
@@ -131,13 +106,7 @@ final as (
                     else [{{ decision_step(4) }}]
                 end
             )
-            as struct(
-                step_index integer,
-                kind varchar,
-                implies varchar,
-                text varchar,
-                claim varchar
-            )[]
+            as {{ reasoning_steps_type() }}
         ) as reasoning_steps,
         list_sort(list_distinct(list_append(point_source_hashes, source_hash))) as source_hashes
     from in_window

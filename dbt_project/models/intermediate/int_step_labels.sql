@@ -2,9 +2,10 @@
   Process labels of every reasoning step, for every decision's own trace and for one perturbed
   copy of it (a PRM needs faulty steps to learn from): one row per (trace_id, step_index).
 
-  Traces. The original trace of each episode (int_decisions and matched int_recorded_decisions;
-  trace_id = episode_id) and one perturbed trace (trace_id = md5(episode_id|perturbation)) that
-  differs from it in exactly one step, faulty_step_index. The kind is picked by hash(episode_id)
+  Traces. The original trace of each episode (int_all_decisions: int_decisions and matched
+  int_recorded_decisions; trace_id = episode_id) and one perturbed trace
+  (trace_id = md5(episode_id|perturbation)) that differs from it in exactly one step,
+  faulty_step_index. The kind is picked by hash(episode_id)
   among those whose step exists in the trace (wrong_sign needs a buy or sell inference):
     misread_number            the first observation with one numeric claim: its value x10
                               (+0.01 when it shows as 0), in the claim and in the first number
@@ -40,44 +41,19 @@
 {%- set threshold = var('hard_label_threshold', 0.5) | float -%}
 with
 
-reference_decisions as (
-    select * from {{ ref('int_decisions') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-),
-
-recorded_decisions as (
-    select * from {{ ref('int_recorded_decisions') }}
-    where
-        bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-        and decision_point_id is not null
+decisions as (
+    select * from {{ ref('int_all_decisions') }}
+    where {{ in_build_window() }}
 ),
 
 points as (
     select * from {{ ref('int_decision_points') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
+    where {{ in_build_window() }}
 ),
 
 counterfactuals as (
     select * from {{ ref('int_counterfactuals') }}
-    where bar_date between date '{{ var("min_date") }}' and date '{{ var("max_date") }}'
-),
-
-decisions as (
-    {%- for relation in ['reference_decisions', 'recorded_decisions'] %}
-        select
-            episode_id,
-            decision_point_id,
-            symbol,
-            bar_interval,
-            decision_ts,
-            bar_date,
-            policy_id,
-            policy_version,
-            action,
-            reasoning_steps
-        from {{ relation }}
-        {{ 'union all' if not loop.last }}
-    {%- endfor %}
+    where {{ in_build_window() }}
 ),
 
 -- The features as an observation step states them.
@@ -102,7 +78,7 @@ observed as (
 
 original_steps as (
     select
-        decisions.* exclude (reasoning_steps),
+        decisions.* exclude (ts, size, source_hashes, reasoning_steps),
         len(decisions.reasoning_steps) as n_steps,
         unnest(decisions.reasoning_steps) as step
     from decisions
@@ -190,11 +166,9 @@ faulty_steps as (
         faulty_step_index,
         case perturbation
             when 'misread_number'
-                then {
-                    'step_index': step['step_index'],
-                    'kind': step['kind'],
-                    'implies': step['implies'],
-                    'text': regexp_replace(
+                then struct_update(
+                    step,
+                    text := regexp_replace(
                         step['text'],
                         '[+-]?[0-9]+\.[0-9]+',
                         printf(
@@ -206,7 +180,7 @@ faulty_steps as (
                             end
                         )
                     ),
-                    'claim': split_part(step['claim'], '=', 1) || '='
+                    claim := split_part(step['claim'], '=', 1) || '='
                     || printf(
                         '%.6f',
                         case
@@ -214,30 +188,27 @@ faulty_steps as (
                             else claim_value + 0.01
                         end
                     )
-                }
+                )
             when 'wrong_sign'
-                then {
-                    'step_index': step['step_index'],
-                    'kind': step['kind'],
-                    'implies': step['implies'],
-                    'text': regexp_replace(
+                then struct_update(
+                    step,
+                    text := regexp_replace(
                         step['text'],
                         '([+-]?)([0-9]+\.[0-9]+)',
                         case when starts_with(text_number, '-') then '+' else '-' end || '\2'
                     ),
-                    'claim': regexp_replace(
+                    claim := regexp_replace(
                         step['claim'],
                         '(^|;)([a-z0-9_]+=)(-?)([0-9]+\.[0-9]+)(<|>)',
                         '\1\2' || case when claim_sign = '-' then '' else '-' end || '\4\5'
                     )
-                }
-            else {
-                'step_index': step['step_index'],
-                'kind': step['kind'],
-                'implies': flipped_action,
-                'text': flipped_action || ' ' || printf('%.4f', flipped_size) || ' of capital',
-                'claim': 'action=' || flipped_action || ';size=' || printf('%.4f', flipped_size)
-            }
+                )
+            else struct_update(
+                step,
+                implies := flipped_action,
+                text := flipped_action || ' ' || printf('%.4f', flipped_size) || ' of capital',
+                claim := 'action=' || flipped_action || ';size=' || printf('%.4f', flipped_size)
+            )
         end as step,
         case when perturbation = 'contradicting_conclusion' then flipped_action end
             as perturbed_action

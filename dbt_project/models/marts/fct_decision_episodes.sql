@@ -25,11 +25,7 @@
 
   built_by is deterministic (no invocation id), so a rebuild on the same inputs is identical.
 -#}
-{%- set horizons_var = var('horizons', [1, 5, 20]) -%}
-{%- if horizons_var is number -%}
-    {%- set horizons_var = [horizons_var] -%}
-{%- endif -%}
-{%- set horizons = horizons_var | map('int') | unique | sort | list -%}
+{%- set horizons = outcome_horizons() -%}
 {%- set max_h = horizons[-1] -%}
 {%- set validation_start = var('validation_start', none) -%}
 {%- set test_start = var('test_start', none) -%}
@@ -52,26 +48,9 @@ decision_points as (
     select * from {{ ref('int_decision_points') }}
 ),
 
-reference_decisions as (
-    select * from {{ ref('int_decisions') }}
-),
-
-recorded_decisions as (
-    select * from {{ ref('int_recorded_decisions') }}
-    where decision_point_id is not null
-),
-
 -- The traces: every reference policy's and every recorded decision's (as int_counterfactuals).
 decisions as (
-    select
-        episode_id,
-        reasoning_steps
-    from reference_decisions
-    union all
-    select
-        episode_id,
-        reasoning_steps
-    from recorded_decisions
+    select * from {{ ref('int_all_decisions') }}
 ),
 
 outcomes as (
