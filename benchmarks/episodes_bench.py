@@ -19,7 +19,7 @@ Run ``python -m benchmarks.episodes_bench [--quick] [--json FILE]`` (see benchma
 2. **Backfill.** The default feed (bokeh-stocks, daily bars 2000-2013) is landed and ingested;
    one Dagster-style run over 2000-01 … 2013-12 (168 monthly partitions) is timed against
    ``--partitions`` single monthly partitions in date order, one run each, with the vars
-   ``assets.episodes.dbt_assets.dbt_vars`` gives a partition. A run is what ``episode_models`` invokes,
+   ``assets.core.dbt.build_vars`` gives a partition. A run is what ``episode_models`` invokes,
    data tests left out: the refresh of staging views and seeds, then the build.
 
 Wall times are single runs (dbt subprocesses included); CPU time is this process's and its
@@ -85,12 +85,6 @@ def _cpu_seconds() -> float:
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def project_vars(project_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    return (yaml.safe_load((project_dir / "dbt_project.yml").read_text()) or {}).get("vars", {})
 
 
 def git_state() -> dict[str, Any]:
@@ -548,28 +542,14 @@ def month_keys(first: str, last: str) -> list[str]:
 
 def partition_vars() -> Callable[[list[str], str], dict[str, str]]:
     """Vars of a run over partitions ``keys`` (consecutive months), as episode_models passes
-    them: assets.episodes.dbt_assets.dbt_vars of the window from the first key's start to the last key's
-    end."""
-    import dagster as dg
-
+    them: assets.core.dbt.build_vars of the window from the first key's start to the last key's end."""
+    from assets.core.dbt import build_vars
     from assets.core.partitions import monthly_partitions
-
-    try:
-        from assets.episodes.dbt_assets import dbt_vars
-    except Exception as exc:  # e.g. no manifest yet: the same rule, written out
-        say(f"note: assets.episodes.dbt_assets does not import ({exc!r}); using its rule directly")
-
-        def dbt_vars(window: Any, storage_root: str) -> dict[str, str]:
-            return {
-                "min_date": window.start.date().isoformat(),
-                "max_date": (window.end - timedelta(days=1)).date().isoformat(),
-                "storage_root": storage_root,
-            }
 
     def make(keys: list[str], storage_root: str) -> dict[str, str]:
         first = monthly_partitions.time_window_for_partition_key(keys[0])
         last = monthly_partitions.time_window_for_partition_key(keys[-1])
-        return dbt_vars(dg.TimeWindow(first.start, last.end), storage_root)
+        return build_vars(first.start, last.end, storage_root)
 
     return make
 
@@ -849,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         base = episode_run(project_dir, work, "base", root, args.days, args.select)
         runs = {"base": base}
         if not args.no_pandas:
+            from assets.core.dbt import project_vars
             from assets.live.simulator import default_symbols
 
             names = list(default_symbols(args.symbols))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import hashlib
 import importlib
 import json
 import os
@@ -52,16 +51,6 @@ ROW_GROUP_ROWS = (
 GOAL_OURS_OVER_FLOOR = 1.5  # ours may cost at most 1.5x a bare CSV→Parquet copy
 GOAL_PANDAS_OVER_OURS = 2.0  # and must be at least 2x faster than the pandas baseline
 
-# Column order and types of a Binance spot trade dump (assets.core.feeds.BINANCE_TRADE_COLUMNS).
-BINANCE_COLUMNS = {
-    "id": "BIGINT",
-    "price": "DOUBLE",
-    "qty": "DOUBLE",
-    "quote_qty": "DOUBLE",
-    "time": "BIGINT",
-    "is_buyer_maker": "BOOLEAN",
-    "is_best_match": "BOOLEAN",
-}
 PANDAS_DTYPES = {
     "id": "int64",
     "price": "float64",
@@ -195,23 +184,17 @@ def run_ours(root: Path, con: Any = None) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _run_pandas(root: Path, engine: str) -> dict[str, Any]:
     """What a careful pandas user would write for the same job: vectorized checks, categorical
     constant columns, the same output columns as raw_trades and a quarantine with reasons."""
     import numpy as np
     import pandas as pd
 
+    from assets.core.storage import file_sha256
+
     csv = landed_file(root)
     source_file = f"landing/{FEED}/{csv.name}"
-    source_hash = _sha256(csv)  # ours hashes the file for lineage; so does the baseline
+    source_hash = file_sha256(csv)  # ours hashes the file for lineage; so does the baseline
     df = pd.read_csv(
         csv, header=None, names=list(PANDAS_DTYPES), dtype=PANDAS_DTYPES, engine=engine
     )
@@ -320,8 +303,11 @@ def run_pandas_pyarrow(root: Path) -> dict[str, Any]:
 def run_floor(root: Path) -> dict[str, Any]:
     import duckdb
 
+    from assets.core.feeds import BINANCE_TRADE_COLUMNS
+
     csv = landed_file(root)
-    columns = "{" + ", ".join(f"'{name}': '{typ}'" for name, typ in BINANCE_COLUMNS.items()) + "}"
+    columns = ", ".join(f"'{name}': '{typ}'" for name, typ in BINANCE_TRADE_COLUMNS.items())
+    columns = "{" + columns + "}"
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     (rows,) = con.execute(
@@ -386,7 +372,7 @@ def ours_breakdown(root: Path) -> dict[str, float]:
     from assets.core.storage import Storage
 
     totals: dict[str, float] = {}
-    original_sha = ingest.sha256_file
+    original_sha = ingest.file_sha256
 
     def timed_sha(path: Path) -> str:
         start = time.perf_counter()
@@ -396,7 +382,7 @@ def ours_breakdown(root: Path) -> dict[str, float]:
             key = "sha256 of written Parquet files"
             totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
 
-    ingest.sha256_file = timed_sha
+    ingest.file_sha256 = timed_sha
     try:
         start = time.perf_counter()
         feeds = load_feeds(FEEDS_FILE)
@@ -414,7 +400,7 @@ def ours_breakdown(root: Path) -> dict[str, float]:
         )
         total = time.perf_counter() - start
     finally:
-        ingest.sha256_file = original_sha
+        ingest.file_sha256 = original_sha
     totals["other (Python, file commits)"] = total - sum(totals.values())
     ordered = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
     return {"total": total, **ordered}

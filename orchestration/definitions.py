@@ -7,7 +7,8 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.core.feeds import load_feeds
-from assets.core.resources import feeds_file_from_env, resources_from_env
+from assets.core.resources import resources_from_env
+from assets.core.settings import feeds_file_from_env
 from assets.episodes.datasets import dataset_checks, dataset_files
 from assets.episodes.dbt_assets import dataset_models, episode_models, seed_specs
 from assets.ingestion.raw_assets import build_ingestion_definitions

@@ -13,99 +13,77 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
-from dagster._core.execution.backfill import BulkActionStatus
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
+from assets.core.materializations import latest_metadata
 from assets.core.resources import resources_from_env
 from assets.episodes.datasets import dataset_checks
 from assets.episodes.dbt_assets import dataset_models, episode_models
 from assets.ingestion.ingest import TABLE_OF_KIND, scan_landing
 from assets.ingestion.landing import land_default, land_file
 from orchestration.demo_feeds import desk_journal, simulated_expert_feedback
+from orchestration.polling import Quiet, runs_in_flight, start_daemon, stop_process, wait_until
 from orchestration.sensors import REASON_TAG
 
 # Per phase: on a busy 2-core machine the first phase (4,749 raw days, then 159 months of dbt
 # layers) took longer than 15 minutes; an hour leaves room without hiding a stuck run forever.
 TIMEOUT_S = int(os.environ.get("DD_DEMO_TIMEOUT_S", "3600"))
 QUIET_S = 70
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-
-
-def _open_backfills(instance: DagsterInstance) -> list:
-    return instance.get_backfills(status=BulkActionStatus.REQUESTED)
 
 
 def _run_daemon_until_settled(instance: DagsterInstance, expected: dict[str, str]) -> None:
     """Run the daemon until the raw tables hold their last landed day and everything that
     followed (episode models through their automation sensor) has finished: no run or backfill
     in flight and nothing new for QUIET_S seconds (two sensor intervals)."""
-    log_path = os.path.join(instance.root_directory, "demo-daemon.log")
+    log_path = Path(instance.root_directory) / "demo-daemon.log"
     print(f"  daemon and run logs: {log_path}")
-    log = open(log_path, "ab")  # noqa: SIM115 - open for the daemon's lifetime
-    daemon = subprocess.Popen(
-        [
-            os.path.join(os.path.dirname(sys.executable), "dagster-daemon"),
-            "run",
-            "-m",
-            "orchestration.definitions",
-        ],
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    daemon = start_daemon(log_path)
     reported: set[str] = set()
-    deadline = time.monotonic() + TIMEOUT_S
-    last_change = time.monotonic()
+    quiet = Quiet(QUIET_S)
+
+    def report_runs() -> None:
+        if daemon.poll() is not None:
+            raise SystemExit(f"dagster-daemon exited with {daemon.returncode}")
+        for run in reversed(instance.get_runs()):
+            line = f"{run.run_id[:8]} {run.status.value}"
+            if line not in reported:
+                reported.add(line)
+                quiet.reset()
+                why = run.tags.get(REASON_TAG) or run.tags.get("dagster/sensor_name", "")
+                print(f"  run {line} {run.job_name} ({why})", flush=True)
+
+    def settled() -> bool:
+        raw_done = all(
+            day in instance.get_materialized_partitions(AssetKey(table))
+            for table, day in expected.items()
+        )
+        return quiet.holds(raw_done and not runs_in_flight(instance))
+
     try:
-        while time.monotonic() < deadline:
-            time.sleep(3)
-            runs = instance.get_runs()
-            for run in reversed(runs):
-                line = f"{run.run_id[:8]} {run.status.value}"
-                if line not in reported:
-                    reported.add(line)
-                    last_change = time.monotonic()
-                    why = run.tags.get(REASON_TAG) or run.tags.get("dagster/sensor_name", "")
-                    print(f"  run {line} {run.job_name} ({why})", flush=True)
-            raw_done = all(
-                day in instance.get_materialized_partitions(AssetKey(table))
-                for table, day in expected.items()
-            )
-            busy = any(r.status not in FINISHED for r in runs) or _open_backfills(instance)
-            if raw_done and not busy and time.monotonic() - last_change > QUIET_S:
-                return
-            if daemon.poll() is not None:
-                raise SystemExit(f"dagster-daemon exited with {daemon.returncode}")
-        raise SystemExit(f"the demo's runs did not settle within {TIMEOUT_S} s")
+        wait_until("the demo's runs to settle", settled, TIMEOUT_S, on_tick=report_runs)
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        log.close()
+        stop_process(daemon)
 
 
 def _summary(instance: DagsterInstance) -> bool:
     ok = True
     for table in TABLE_OF_KIND.values():
         key = AssetKey(table)
-        event = instance.get_latest_materialization_event(key)
-        if event is None:
+        meta = latest_metadata(instance, key)
+        if not meta:
             continue
         parts = instance.get_materialized_partitions(key)
-        meta = event.asset_materialization.metadata
         print(
             f"  {table}: {len(parts)} daily partitions; last run "
-            f"{meta['run_rows_accepted'].value} rows accepted, "
-            f"{meta['rows_quarantined'].value} quarantined"
+            f"{meta['run_rows_accepted']} rows accepted, {meta['rows_quarantined']} quarantined"
         )
         for check in ("contract", "nothing_lost", "quarantine_rate", "landed_files_readable"):
             record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -123,21 +101,20 @@ def _summary(instance: DagsterInstance) -> bool:
             + ", ".join(f"{name} {n}" for name, n in built.items())
         )
     for key in sorted(dataset_models.keys, key=lambda k: k.to_user_string()):
-        event = instance.get_latest_materialization_event(key)
-        if event is None:
+        meta = latest_metadata(instance, key)
+        if not meta:
             ok = False
             print(f"  {key.to_user_string()}: not built")
             continue
-        rows = event.asset_materialization.metadata.get("dagster/row_count")
-        print(f"  {key.to_user_string()}: built" + (f", {rows.value} rows" if rows else ""))
+        rows = meta.get("dagster/row_count")
+        print(f"  {key.to_user_string()}: built" + (f", {rows} rows" if rows else ""))
     for name in ("ds_sft_files", "ds_dpo_files", "ds_prm_files"):
-        event = instance.get_latest_materialization_event(AssetKey(name))
-        if event is None:
+        meta = latest_metadata(instance, name)
+        if not meta:
             ok = False
             print(f"  {name}: not built")
             continue
-        meta = event.asset_materialization.metadata
-        counts = {k: v.value for k, v in meta.items() if k.startswith("rows_")}
+        counts = {k: v for k, v in meta.items() if k.startswith("rows_")}
         print(f"  {name}: {counts}")
     failed = [
         name
@@ -258,10 +235,9 @@ def _train(instance: DagsterInstance) -> bool:
         print(done.stderr[-3000:])
         return False
     for name in ("sft_model", "dpo_model", "prm_model", "model_evaluation", "champion_model"):
-        event = instance.get_latest_materialization_event(AssetKey(name))
-        meta = event.asset_materialization.metadata if event else {}
+        meta = latest_metadata(instance, name)
         shown = {
-            k: meta[k].value
+            k: meta[k]
             for k in (
                 "model_name",
                 "model_version",
@@ -273,7 +249,7 @@ def _train(instance: DagsterInstance) -> bool:
             )
             if k in meta
         }
-        print(f"  {name}: {shown if event else 'not built'}")
+        print(f"  {name}: {shown if meta else 'not built'}")
     return True
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,9 +42,9 @@ def resolve_registry(
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
-    from assets.core.settings import DEFAULT_TRACKING_URI
+    from assets.core.settings import settings_from_env
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri or settings_from_env().mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
     spec = target[len("models:/") :] if target.startswith("models:/") else target
     if "@" in spec:

@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 
 from assets.core.automation import RETRAIN_DETAIL_TAG, RETRAIN_REASON_TAG
+from assets.core.materializations import plain_metadata
 from assets.core.resources import RetrainSettings
 
 TRAIN_JOB = "train_models"
@@ -64,11 +65,6 @@ def retrain_request(reason: str, detail: str, run_key: str | None) -> dg.RunRequ
     )
 
 
-def _value(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
-    value = metadata.get(key)
-    return default if value is None else getattr(value, "value", value)
-
-
 def decide_retrain(
     drift_records: list[tuple[int, dict[str, Any]]],
     cursor: dict[str, Any],
@@ -84,17 +80,17 @@ def decide_retrain(
     decision = None
     for storage_id, meta in drift_records:
         cursor["last_drift_record"] = max(storage_id, cursor.get("last_drift_record", 0))
-        if _value(meta, "drift_triggered", False):
+        if meta.get("drift_triggered", False):
             detail = (
-                f"feature_drift vs {_value(meta, 'reference', '?')}: "
-                f"{_value(meta, 'drifted_features', '') or 'labels'} "
-                f"(window to {_value(meta, 'window_end', '?')}); {_value(meta, 'drift_reason', '')}"
+                f"feature_drift vs {meta.get('reference', '?')}: "
+                f"{meta.get('drifted_features', '') or 'labels'} "
+                f"(window to {meta.get('window_end', '?')}); {meta.get('drift_reason', '')}"
             )
             decision = ("drift", detail, f"drift-{storage_id}")
     if decision is None and drift_records:
         storage_id, meta = drift_records[-1]
-        snapshot = str(_value(meta, "snapshot_until", "") or "none")
-        new_mature = int(_value(meta, "new_mature_episodes", 0) or 0)
+        snapshot = str(meta.get("snapshot_until", "") or "none")
+        new_mature = int(meta.get("new_mature_episodes", 0) or 0)
         if new_mature >= min_new_mature_episodes and snapshot not in retrained_for:
             detail = (
                 f"{new_mature} mature episodes since the champion's snapshot {snapshot} "
@@ -127,7 +123,7 @@ def retrain_sensor(
         ascending=True,
     )
     records = [
-        (r.storage_id, dict(r.asset_materialization.metadata))
+        (r.storage_id, plain_metadata(r.asset_materialization.metadata))
         for r in result.records
         if r.asset_materialization is not None
     ]
@@ -137,7 +133,7 @@ def retrain_sensor(
     if decision is None:
         return dg.SensorResult(
             skip_reason=f"{len(records)} new drift record(s): no trigger, "
-            f"{_value(records[-1][1], 'drift_reason', '')}",
+            f"{records[-1][1].get('drift_reason', '')}",
             cursor=json.dumps(new_cursor, sort_keys=True),
         )
     reason, detail, run_key = decision

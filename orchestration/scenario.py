@@ -36,6 +36,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from orchestration.polling import (
+    Quiet,
+    runs_in_flight,
+    start_daemon,
+    start_process,
+    stop_process,
+    wait_until,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 FEED = "live-trades"
 TRAIN_JOB = "train_models"
@@ -81,24 +90,6 @@ def prepare_home(home: Path) -> None:
     shutil.copy(REPO / "deploy" / "dagster.local.yaml", home / "dagster" / "dagster.yaml")
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 class Watcher:
     """Polls the Dagster instance and the landing zone; adds what is new to the timeline."""
 
@@ -129,13 +120,17 @@ class Watcher:
 
     @staticmethod
     def _meta(record: Any) -> dict[str, Any]:
+        from assets.core.materializations import plain_metadata
+
         m = record.asset_materialization.metadata if record.asset_materialization else {}
-        return {k: getattr(v, "value", v) for k, v in m.items()}
+        return plain_metadata(m)
 
     def poll(self) -> None:
         from dagster._core.storage.asset_check_execution_record import (
             AssetCheckExecutionRecordStatus,
         )
+
+        from assets.core.materializations import plain_metadata
 
         t = self.timeline
         for f in self.storage.list_files(f"landing/{FEED}"):
@@ -192,7 +187,7 @@ class Watcher:
         if record is not None and record.id != self.check_seen and record.status in finished:
             self.check_seen = record.id
             ev = record.evaluation
-            meta = {k: getattr(v, "value", v) for k, v in (ev.metadata or {}).items()}
+            meta = plain_metadata(ev.metadata or {})
             verdict = "PROMOTE" if ev.passed else "KEEP CHAMPION"
             t.add(
                 "challenger verdict",
@@ -203,27 +198,14 @@ class Watcher:
             )
 
     def runs_in_progress(self) -> int:
-        statuses = [
-            self.dg.DagsterRunStatus.QUEUED,
-            self.dg.DagsterRunStatus.NOT_STARTED,
-            self.dg.DagsterRunStatus.STARTING,
-            self.dg.DagsterRunStatus.STARTED,
-        ]
-        return len(self.instance.get_runs(self.dg.RunsFilter(statuses=statuses)))
+        return runs_in_flight(self.instance)
 
     def train_runs(self) -> list[Any]:
         return list(self.instance.get_runs(self.dg.RunsFilter(job_name=TRAIN_JOB)))
 
 
 def wait_for(what: str, predicate, watcher: Watcher, timeout: float, poll: float = 3.0) -> None:
-    deadline = time.time() + timeout
-    while True:
-        watcher.poll()
-        if predicate():
-            return
-        if time.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
+    wait_until(what, predicate, timeout, poll, on_tick=watcher.poll)
 
 
 def expected_last_ids(args: argparse.Namespace, day: date) -> dict[str, int]:
@@ -272,7 +254,7 @@ def replay_day(args: argparse.Namespace, day: date, env: dict[str, str], logs: P
         "--speed",
         "0",
     ]
-    return start(cmd, env, logs / f"replay-{day}.log")
+    return start_process(cmd, logs / f"replay-{day}.log", env)
 
 
 def stream_day(
@@ -297,7 +279,7 @@ def stream_day(
             timeout=args.step_timeout,
         )
     finally:
-        stop(server)
+        stop_process(server)
 
 
 def latest_timestamp(watcher: Watcher, key: str) -> float:
@@ -309,32 +291,23 @@ def settle(watcher: Watcher, timeout: float, quiet_s: float = 45.0) -> None:
     """Wait until everything downstream of the last landed data was rebuilt (the dataset
     exports and feature_drift are newer than the last raw_trades materialization) and no run
     has been queued or running for ``quiet_s``."""
-    quiet_since: list[float | None] = [None]
+    quiet = Quiet(quiet_s)
     follow = ("ds_sft_files", "ds_dpo_files", "ds_prm_files", DRIFT_ASSET)
 
     def done() -> bool:
         raw = latest_timestamp(watcher, "raw_trades")
-        if watcher.runs_in_progress() or any(latest_timestamp(watcher, k) < raw for k in follow):
-            quiet_since[0] = None
-            return False
-        quiet_since[0] = quiet_since[0] or time.time()
-        return time.time() - quiet_since[0] >= quiet_s
+        behind = any(latest_timestamp(watcher, k) < raw for k in follow)
+        return quiet.holds(not watcher.runs_in_progress() and not behind)
 
     wait_for("the pipeline to follow the new data", done, watcher, timeout)
 
 
 def wait_for_runs(watcher: Watcher, timeout: float, quiet_s: float = 45.0) -> None:
     """Wait until no run has been queued or running for ``quiet_s``."""
-    quiet_since: list[float | None] = [None]
-
-    def quiet() -> bool:
-        if watcher.runs_in_progress():
-            quiet_since[0] = None
-            return False
-        quiet_since[0] = quiet_since[0] or time.time()
-        return time.time() - quiet_since[0] >= quiet_s
-
-    wait_for("the runs to finish", quiet, watcher, timeout)
+    quiet = Quiet(quiet_s)
+    wait_for(
+        "the runs to finish", lambda: quiet.holds(not watcher.runs_in_progress()), watcher, timeout
+    )
 
 
 def free_port() -> int:
@@ -360,9 +333,8 @@ def run(args: argparse.Namespace) -> int:
     storage = Storage(env["DD_STORAGE_ROOT"])
     timeline = Timeline()
     watcher = Watcher(timeline, storage)
-    dagster = str(Path(sys.executable).parent / "dagster-daemon")
-    daemon = start([dagster, "run", "-m", "orchestration.definitions"], env, logs / "daemon.log")
-    collector = start(
+    daemon = start_daemon(logs / "daemon.log", env)
+    collector = start_process(
         [
             sys.executable,
             "-m",
@@ -376,8 +348,8 @@ def run(args: argparse.Namespace) -> int:
             "--reconnect-max-seconds",
             "2",
         ],
-        env,
         logs / "collector.log",
+        env,
     )
     timeline.add("start", f"home {home}; daemon, collector on ws://127.0.0.1:{args.port}")
     try:
@@ -434,8 +406,8 @@ def run(args: argparse.Namespace) -> int:
         timeline.add("result", "drift -> retrain -> challenger verdict")
         return 0
     finally:
-        stop(collector)
-        stop(daemon)
+        stop_process(collector)
+        stop_process(daemon)
         (home / "timeline.json").write_text(json.dumps(timeline.events, indent=1, default=str))
         print(f"timeline: {home / 'timeline.json'}; logs: {logs}", flush=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from training import checkpoint
+from training import checkpoint, data
 from training.config import _StageConfig
 
 # on_log(step, logs): called on the main process each time the Trainer logs (loss, lr, eval).
@@ -213,3 +213,54 @@ def finish(
         lineage=record,
         data_files=data_files,
     )
+
+
+@dataclass
+class StageRun:
+    """What every stage does first and last: validate the config and the caller's lineage, note
+    the start, load the splits; then train, evaluate, save and write the checkpoint's records."""
+
+    cfg: _StageConfig
+    lineage: dict[str, Any] | None
+    train_rows: Any  # datasets.Dataset
+    eval_rows: Any | None
+    files: list[str]
+    started_at: str
+
+    @classmethod
+    def begin(
+        cls,
+        cfg: _StageConfig,
+        lineage: dict[str, Any] | None,
+        train_rows: data.Rows | None = None,
+        eval_rows: data.Rows | None = None,
+    ) -> StageRun:
+        cfg.validate()
+        checkpoint.check_lineage(lineage)
+        started_at = checkpoint.now()
+        train, evaluation, files = data.load_splits(cfg.data, cfg.stage, train_rows, eval_rows)
+        return cls(cfg, lineage, train, evaluation, files, started_at)
+
+    def train_and_save(
+        self, trainer, tokenizer, metrics: dict[str, float] | None = None
+    ) -> tuple[dict[str, float], str]:
+        """Train, add the Trainer's eval metrics, save the weights: (metrics, checkpoint folder).
+        ``metrics``: measured before training (kept first)."""
+        metrics = {**(metrics or {}), **train_and_measure(trainer)}
+        if self.eval_rows is not None:
+            metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
+        return metrics, save_weights(trainer, tokenizer, self.cfg)
+
+    def finish(
+        self, trainer, folder: str, base_model: str, metrics: dict[str, float]
+    ) -> TrainResult:
+        return finish(
+            trainer,
+            self.cfg,
+            folder,
+            base_model=base_model,
+            started_at=self.started_at,
+            metrics=metrics,
+            lineage=self.lineage,
+            data_files=data.file_digests(self.files),
+        )

@@ -45,11 +45,8 @@ def file_digests(files: list[str]) -> dict[str, str]:
     """sha256 of every input file, for the checkpoint's lineage."""
     out = {}
     for path in files:
-        digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        out[path] = digest.hexdigest()
+            out[path] = hashlib.file_digest(handle, "sha256").hexdigest()
     return out
 
 

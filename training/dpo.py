@@ -19,7 +19,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from training import checkpoint, common, cpu_head, data, evaluate, models
+from training import common, cpu_head, data, evaluate, models
 from training.config import TINY, DPOStageConfig
 
 
@@ -45,11 +45,8 @@ def train_dpo(
     callbacks: list | None = None,
 ) -> common.TrainResult:
     """Preference-tune the SFT checkpoint on ds_dpo; return metrics and the checkpoint folder."""
-    cfg.validate()
-    checkpoint.check_lineage(lineage)
-    started_at = checkpoint.now()
-
-    train_raw, eval_raw, files = data.load_splits(cfg.data, "dpo", train_rows, eval_rows)
+    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    train_raw, eval_raw = run.train_rows, run.eval_rows
     system = cfg.data.system_prompt
     train_pairs = data.to_dpo(train_raw, system, cfg.min_margin)
     if len(train_pairs) == 0:
@@ -95,10 +92,7 @@ def train_dpo(
         cpu_head.use_plain_lm_head(trainer.model)
         if trainer.ref_model is not None:
             cpu_head.use_plain_lm_head(trainer.ref_model)
-    metrics.update(common.train_and_measure(trainer))
-    if eval_raw is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
-    folder = common.save_weights(trainer, tokenizer, cfg)
+    metrics, folder = run.train_and_save(trainer, tokenizer, metrics)
 
     if eval_raw is not None and trainer.is_world_process_zero():
         trained = common.evaluation_model(
@@ -107,13 +101,4 @@ def train_dpo(
         after = _preference(trained, tokenizer, eval_raw, cfg)
         metrics.update({f"eval_{k}": v for k, v in after.items()})
 
-    return common.finish(
-        trainer,
-        cfg,
-        folder,
-        base_model=cfg.start_model(),
-        started_at=started_at,
-        metrics=metrics,
-        lineage=lineage,
-        data_files=data.file_digests(files),
-    )
+    return run.finish(trainer, folder, cfg.start_model(), metrics)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForTokenClassification, Trainer, TrainingArguments
 
-from training import checkpoint, common, data, evaluate, models
+from training import common, data, evaluate, models
 from training.config import PRMStageConfig
 
 
@@ -167,11 +167,8 @@ def train_prm(
     callbacks: list | None = None,
 ) -> common.TrainResult:
     """Train a PRM on ds_prm; return metrics (step AUC/F1/found rate) and the checkpoint folder."""
-    cfg.validate()
-    checkpoint.check_lineage(lineage)
-    started_at = checkpoint.now()
-
-    train_raw, eval_raw, files = data.load_splits(cfg.data, "prm", train_rows, eval_rows)
+    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    train_raw, eval_raw = run.train_rows, run.eval_rows
     args = common.trainer_arguments(
         cfg,
         TrainingArguments,
@@ -212,10 +209,7 @@ def train_prm(
         callbacks=common.callbacks_for(on_log, callbacks),
         label_mode=cfg.label_mode,
     )
-    metrics = common.train_and_measure(trainer)
-    if eval_raw is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
-    folder = common.save_weights(trainer, tokenizer, cfg)
+    metrics, folder = run.train_and_save(trainer, tokenizer)
 
     if eval_raw is not None and trainer.is_world_process_zero():
         trained = common.evaluation_model(
@@ -225,13 +219,4 @@ def train_prm(
             {f"eval_{k}": v for k, v in evaluate_prm(trained, tokenizer, eval_raw, cfg).items()}
         )
 
-    return common.finish(
-        trainer,
-        cfg,
-        folder,
-        base_model=cfg.model.name_or_path,
-        started_at=started_at,
-        metrics=metrics,
-        lineage=lineage,
-        data_files=data.file_digests(files),
-    )
+    return run.finish(trainer, folder, cfg.model.name_or_path, metrics)

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from training import checkpoint, common, cpu_head, data, evaluate, models
+from training import common, cpu_head, data, evaluate, models
 from training.config import SFTStageConfig
 
 
@@ -34,11 +34,8 @@ def train_sft(
 
     Rows come from ``cfg.data.files`` (split column) unless passed in as frames/datasets.
     """
-    cfg.validate()
-    checkpoint.check_lineage(lineage)
-    started_at = checkpoint.now()
-
-    train_raw, eval_raw, files = data.load_splits(cfg.data, "sft", train_rows, eval_rows)
+    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    train_raw, eval_raw = run.train_rows, run.eval_rows
     # Arguments before the model: with ZeRO-3 they switch on sharded loading.
     args = common.trainer_arguments(
         cfg,
@@ -62,10 +59,7 @@ def train_sft(
     )
     if args.device.type == "cpu":
         cpu_head.use_plain_lm_head(trainer.model)
-    metrics = common.train_and_measure(trainer)
-    if eval_raw is not None:
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
-    folder = common.save_weights(trainer, tokenizer, cfg)
+    metrics, folder = run.train_and_save(trainer, tokenizer)
 
     if eval_raw is not None and cfg.eval_generate_samples and trainer.is_world_process_zero():
         rows = eval_raw.select(range(min(cfg.eval_generate_samples, len(eval_raw))))
@@ -83,13 +77,4 @@ def train_sft(
         )
         metrics.update({f"eval_{k}": v for k, v in scores.items()})
 
-    return common.finish(
-        trainer,
-        cfg,
-        folder,
-        base_model=cfg.model.name_or_path,
-        started_at=started_at,
-        metrics=metrics,
-        lineage=lineage,
-        data_files=data.file_digests(files),
-    )
+    return run.finish(trainer, folder, cfg.model.name_or_path, metrics)

@@ -1,21 +1,5 @@
-"""Resources: *where* data lives. Chosen once from the environment in :func:`resources_from_env`.
-
-| variable | meaning | default |
-|---|---|---|
-| ``DD_STORAGE_ROOT`` | storage root: a folder, or ``s3://bucket/prefix`` | ``./var`` |
-| ``DD_FEEDS_FILE`` | the feeds file | ``./feeds.yaml`` |
-| ``DD_WAREHOUSE_PATH`` | the DuckDB warehouse file (always local: DuckDB cannot keep it on S3) | ``./var/warehouse/warehouse.duckdb`` |
-| ``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, …); unset for AWS | |
-| ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` | S3 keys (secrets, passed as ``EnvVar``) | |
-| ``MLFLOW_TRACKING_URI`` | MLflow tracking store (``sqlite:///…``, ``postgresql://…``, ``http://…``); kept local, never under the storage root | ``sqlite:///./var/mlflow/mlflow.db`` |
-| ``MLFLOW_REGISTRY_URI`` | model registry store, if not the tracking store | the tracking URI |
-| ``MLFLOW_ARTIFACT_LOCATION`` | artifact root of a newly created experiment | ``./var/mlflow/artifacts`` |
-| ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` | MLflow server credentials (secrets, ``EnvVar``) | |
-| ``DD_TRAINING_BASE_MODEL`` | base model of SFT and PRM | ``smollm2-135m-instruct`` |
-| ``DD_TRAINING_PROFILE`` | ``cpu-small`` (few steps, short sequences) or ``gpu`` (``training/configs/*_gpu.yaml``) | ``cpu-small`` |
-| ``DD_TRAINING_LAUNCH`` | ``in_process`` or ``pipes`` (a subprocess through Dagster Pipes) | ``in_process`` |
-| ``DD_TRAINING_MAX_STEPS`` | optimizer steps per stage (overrides the profile) | profile's |
-| ``DD_TRAINING_OUTPUT_ROOT`` | where checkpoints are written (local) | ``./var/training`` |
+"""Resources: *where* data lives, built once from the settings of the environment
+(assets/core/settings.py, which lists the variables) in :func:`resources_from_env`.
 """
 
 from __future__ import annotations
@@ -34,13 +18,17 @@ from assets.core.dbt import dbt_project
 from assets.core.feeds import FeedSpec, load_feeds
 from assets.core.settings import (
     DEFAULT_ARTIFACT_LOCATION,
+    DEFAULT_BASE_MODEL,
     DEFAULT_FEEDS_FILE,
+    DEFAULT_MIN_NEW_MATURE_EPISODES,
     DEFAULT_STORAGE_ROOT,
     DEFAULT_TRACKING_URI,
+    DEFAULT_TRAINING_LAUNCH,
+    DEFAULT_TRAINING_PROFILE,
     DEFAULT_TRAINING_ROOT,
     DEFAULT_WAREHOUSE_PATH,
     REPO_ROOT,
-    feeds_file_from_env,
+    settings_from_env,
 )
 from assets.core.storage import Storage
 from assets.core.training_run import EXPERIMENT, Tracker
@@ -144,9 +132,9 @@ class MlflowResource(ConfigurableResource):
 class TrainingResource(ConfigurableResource):
     """How the training assets train: base model, profile, launch and where checkpoints go."""
 
-    base_model: str = "smollm2-135m-instruct"
-    profile: str = "cpu-small"
-    launch: str = "in_process"
+    base_model: str = DEFAULT_BASE_MODEL
+    profile: str = DEFAULT_TRAINING_PROFILE
+    launch: str = DEFAULT_TRAINING_LAUNCH
     output_root: str = DEFAULT_TRAINING_ROOT
     max_steps: int | None = None
     cpu_small_max_length: int = 512  # prompts of the marts are about 300 tokens
@@ -192,11 +180,6 @@ def dbt_executable() -> str:
     return str(candidate) if candidate.exists() else "dbt"
 
 
-# 2 x the default drift window (4 policies' episodes per decision point): enough fresh evidence
-# that a refit is worth its cost even without measured drift.
-DEFAULT_MIN_NEW_MATURE_EPISODES = 8000
-
-
 class RetrainSettings(ConfigurableResource):
     """Thresholds of the retrain triggers (orchestration/retraining.py)."""
 
@@ -204,45 +187,40 @@ class RetrainSettings(ConfigurableResource):
 
 
 def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, ConfigurableResource]:
-    """The resources for this environment; the only place that reads the settings above."""
-    env = os.environ if env is None else env
+    """The resources for this environment (see assets/core/settings.py). Secrets are passed as
+    ``EnvVar`` so that their values never show in the resources' config."""
+    settings = settings_from_env(env)
     secrets: dict[str, EnvVar] = {}
-    mlflow_secrets: dict[str, EnvVar] = {}
-    if env.get("MLFLOW_TRACKING_USERNAME"):
-        mlflow_secrets["username"] = EnvVar("MLFLOW_TRACKING_USERNAME")
-    if env.get("MLFLOW_TRACKING_PASSWORD"):
-        mlflow_secrets["password"] = EnvVar("MLFLOW_TRACKING_PASSWORD")
-    max_steps = env.get("DD_TRAINING_MAX_STEPS")
-    min_new_mature = env.get("DD_RETRAIN_MIN_NEW_MATURE_EPISODES")
-    if env.get("AWS_ACCESS_KEY_ID"):
+    if settings.aws_access_key_id:
         secrets["aws_access_key_id"] = EnvVar("AWS_ACCESS_KEY_ID")
-    if env.get("AWS_SECRET_ACCESS_KEY"):
+    if settings.aws_secret_access_key:
         secrets["aws_secret_access_key"] = EnvVar("AWS_SECRET_ACCESS_KEY")
+    mlflow_secrets: dict[str, EnvVar] = {}
+    if settings.mlflow_username:
+        mlflow_secrets["username"] = EnvVar("MLFLOW_TRACKING_USERNAME")
+    if settings.mlflow_password:
+        mlflow_secrets["password"] = EnvVar("MLFLOW_TRACKING_PASSWORD")
     return {
         "storage": StorageResource(
-            root=env.get("DD_STORAGE_ROOT") or DEFAULT_STORAGE_ROOT,
-            s3_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            **secrets,
+            root=settings.storage_root, s3_endpoint_url=settings.s3_endpoint_url, **secrets
         ),
-        "feeds": FeedsResource(path=feeds_file_from_env(env)),
-        "warehouse": WarehouseResource(path=env.get("DD_WAREHOUSE_PATH") or DEFAULT_WAREHOUSE_PATH),
+        "feeds": FeedsResource(path=settings.feeds_file),
+        "warehouse": WarehouseResource(path=settings.warehouse_path),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
         "mlflow": MlflowResource(
-            tracking_uri=env.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-            registry_uri=env.get("MLFLOW_REGISTRY_URI") or None,
-            artifact_location=env.get("MLFLOW_ARTIFACT_LOCATION") or DEFAULT_ARTIFACT_LOCATION,
+            tracking_uri=settings.mlflow_tracking_uri,
+            registry_uri=settings.mlflow_registry_uri,
+            artifact_location=settings.mlflow_artifact_location,
             **mlflow_secrets,
         ),
         "training": TrainingResource(
-            base_model=env.get("DD_TRAINING_BASE_MODEL") or "smollm2-135m-instruct",
-            profile=env.get("DD_TRAINING_PROFILE") or "cpu-small",
-            launch=env.get("DD_TRAINING_LAUNCH") or "in_process",
-            output_root=env.get("DD_TRAINING_OUTPUT_ROOT") or DEFAULT_TRAINING_ROOT,
-            max_steps=int(max_steps) if max_steps else None,
+            base_model=settings.training_base_model,
+            profile=settings.training_profile,
+            launch=settings.training_launch,
+            output_root=settings.training_output_root,
+            max_steps=settings.training_max_steps,
         ),
         "retrain_settings": RetrainSettings(
-            min_new_mature_episodes=int(min_new_mature)
-            if min_new_mature
-            else DEFAULT_MIN_NEW_MATURE_EPISODES
+            min_new_mature_episodes=settings.retrain_min_new_mature_episodes
         ),
     }

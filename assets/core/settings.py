@@ -1,15 +1,33 @@
-"""Settings read from the environment: the one place, without Dagster.
+"""Settings read from the environment: the one place that reads them, without Dagster.
 
-The resources (assets.core.resources) and the small long-running processes (the live collector
-and replay server, which must not pay Dagster's seconds of import) both choose storage root,
-feeds file and tracking store here, so they always agree. The variables are listed in
-assets/core/resources.py.
+The resources (:func:`assets.core.resources.resources_from_env`) and the small long-running
+processes (the live collector and the replay server, which must not pay Dagster's seconds of
+import) both take their settings from :func:`settings_from_env`, so they always agree.
+
+| variable | meaning | default |
+|---|---|---|
+| ``DD_STORAGE_ROOT`` | storage root: a folder, or ``s3://bucket/prefix`` | ``./var`` |
+| ``DD_FEEDS_FILE`` | the feeds file | ``./feeds.yaml`` |
+| ``DD_WAREHOUSE_PATH`` | the DuckDB warehouse file (always local: DuckDB cannot keep it on S3) | ``./var/warehouse/warehouse.duckdb`` |
+| ``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, …); unset for AWS | |
+| ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` | S3 keys (secrets: the resources pass them as ``EnvVar``) | |
+| ``MLFLOW_TRACKING_URI`` | MLflow tracking store (``sqlite:///…``, ``postgresql://…``, ``http://…``); kept local, never under the storage root | ``sqlite:///./var/mlflow/mlflow.db`` |
+| ``MLFLOW_REGISTRY_URI`` | model registry store, if not the tracking store | the tracking URI |
+| ``MLFLOW_ARTIFACT_LOCATION`` | artifact root of a newly created experiment | ``./var/mlflow/artifacts`` |
+| ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` | MLflow server credentials (secrets, ``EnvVar``) | |
+| ``DD_TRAINING_BASE_MODEL`` | base model of SFT and PRM | ``smollm2-135m-instruct`` |
+| ``DD_TRAINING_PROFILE`` | ``cpu-small`` (few steps, short sequences) or ``gpu`` (``training/configs/*_gpu.yaml``) | ``cpu-small`` |
+| ``DD_TRAINING_LAUNCH`` | ``in_process`` or ``pipes`` (a subprocess through Dagster Pipes) | ``in_process`` |
+| ``DD_TRAINING_MAX_STEPS`` | optimizer steps per stage (overrides the profile) | profile's |
+| ``DD_TRAINING_OUTPUT_ROOT`` | where checkpoints are written (local) | ``./var/training`` |
+| ``DD_RETRAIN_MIN_NEW_MATURE_EPISODES`` | new mature episodes that trigger a retrain | 8000 |
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -20,21 +38,79 @@ DEFAULT_TRAINING_ROOT = str(REPO_ROOT / "var" / "training")
 DEFAULT_MLFLOW_DIR = REPO_ROOT / "var" / "mlflow"
 DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_MLFLOW_DIR / 'mlflow.db'}"
 DEFAULT_ARTIFACT_LOCATION = str(DEFAULT_MLFLOW_DIR / "artifacts")
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+DEFAULT_TRAINING_PROFILE = "cpu-small"
+DEFAULT_TRAINING_LAUNCH = "in_process"
+# 2 x the default drift window (4 policies' episodes per decision point): enough fresh evidence
+# that a refit is worth its cost even without measured drift.
+DEFAULT_MIN_NEW_MATURE_EPISODES = 8000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the platform; empty variables count as unset."""
+
+    storage_root: str
+    s3_endpoint_url: str | None
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    feeds_file: str
+    warehouse_path: str
+    mlflow_tracking_uri: str
+    mlflow_registry_uri: str | None
+    mlflow_artifact_location: str
+    mlflow_username: str | None
+    mlflow_password: str | None
+    training_base_model: str
+    training_profile: str
+    training_launch: str
+    training_max_steps: int | None
+    training_output_root: str
+    retrain_min_new_mature_episodes: int
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str | None = None) -> str | None:
+        return env.get(name) or default
+
+    max_steps = get("DD_TRAINING_MAX_STEPS")
+    min_new_mature = get("DD_RETRAIN_MIN_NEW_MATURE_EPISODES")
+    return Settings(
+        storage_root=get("DD_STORAGE_ROOT", DEFAULT_STORAGE_ROOT),
+        s3_endpoint_url=get("AWS_ENDPOINT_URL"),
+        aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+        feeds_file=get("DD_FEEDS_FILE", DEFAULT_FEEDS_FILE),
+        warehouse_path=get("DD_WAREHOUSE_PATH", DEFAULT_WAREHOUSE_PATH),
+        mlflow_tracking_uri=get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        mlflow_registry_uri=get("MLFLOW_REGISTRY_URI"),
+        mlflow_artifact_location=get("MLFLOW_ARTIFACT_LOCATION", DEFAULT_ARTIFACT_LOCATION),
+        mlflow_username=get("MLFLOW_TRACKING_USERNAME"),
+        mlflow_password=get("MLFLOW_TRACKING_PASSWORD"),
+        training_base_model=get("DD_TRAINING_BASE_MODEL", DEFAULT_BASE_MODEL),
+        training_profile=get("DD_TRAINING_PROFILE", DEFAULT_TRAINING_PROFILE),
+        training_launch=get("DD_TRAINING_LAUNCH", DEFAULT_TRAINING_LAUNCH),
+        training_max_steps=int(max_steps) if max_steps else None,
+        training_output_root=get("DD_TRAINING_OUTPUT_ROOT", DEFAULT_TRAINING_ROOT),
+        retrain_min_new_mature_episodes=int(min_new_mature)
+        if min_new_mature
+        else DEFAULT_MIN_NEW_MATURE_EPISODES,
+    )
 
 
 def storage_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """Storage root (``DD_STORAGE_ROOT``, default ``./var`` of the repository) and S3 settings
-    (``AWS_ENDPOINT_URL`` and the AWS keys): keyword arguments of ``Storage``."""
-    env = os.environ if env is None else env
+    """Keyword arguments of ``Storage``: root and S3 settings."""
+    settings = settings_from_env(env)
     return {
-        "root": env.get("DD_STORAGE_ROOT") or DEFAULT_STORAGE_ROOT,
-        "s3_endpoint_url": env.get("AWS_ENDPOINT_URL") or None,
-        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID") or None,
-        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY") or None,
+        "root": settings.storage_root,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "aws_access_key_id": settings.aws_access_key_id,
+        "aws_secret_access_key": settings.aws_secret_access_key,
     }
 
 
 def feeds_file_from_env(env: Mapping[str, str] | None = None) -> str:
     """``DD_FEEDS_FILE``, else the repository's feeds.yaml."""
-    env = os.environ if env is None else env
-    return env.get("DD_FEEDS_FILE") or DEFAULT_FEEDS_FILE
+    return settings_from_env(env).feeds_file

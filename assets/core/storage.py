@@ -23,7 +23,11 @@ from pathlib import Path
 
 import fsspec
 
-HASH_CHUNK = 8 * 1024 * 1024
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a local file, streamed."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -109,11 +113,8 @@ class Storage:
 
     def sha256(self, rel: str) -> str:
         """Content hash of a stored file, streamed in chunks."""
-        digest = hashlib.sha256()
         with self.fs.open(self._full(rel), "rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     @contextlib.contextmanager
     def local_copy(self, rel: str) -> Iterator[Path]:

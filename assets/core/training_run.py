@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from assets.core.settings import DEFAULT_ARTIFACT_LOCATION, DEFAULT_TRACKING_URI
+from assets.core.storage import file_sha256
 
 EXPERIMENT = "decision-data"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -75,14 +76,6 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def models_digest(dbt_models: dict[str, dict[str, str]]) -> str:
     """One digest of the dbt models' checksums (name-sorted)."""
     text = json.dumps({k: v.get("checksum") for k, v in sorted(dbt_models.items())})
@@ -113,7 +106,7 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def _finite(logs: dict[str, float]) -> dict[str, float]:
+def finite_metrics(logs: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
@@ -163,7 +156,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, v, stamp, step) for k, v in _finite(logs).items()]
+        metrics = [Metric(k, v, stamp, step) for k, v in finite_metrics(logs).items()]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
@@ -280,7 +273,7 @@ def run_stage(
 
         def on_log(step: int, logs: dict[str, float]) -> None:
             tracker.log_metrics(run_id, step, logs)
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in _finite(logs).items())
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in finite_metrics(logs).items())
             log(f"{stage} step {step}: {shown}")
 
         result = _train_fn(stage)(cfg, lineage, on_log=on_log)
@@ -292,7 +285,7 @@ def run_stage(
     report = {
         "stage": stage,
         "checkpoint_dir": result.checkpoint_dir,
-        "metrics": _finite(result.metrics),
+        "metrics": finite_metrics(result.metrics),
         "mlflow_run_id": run_id,
         "mlflow_experiment_id": tracker.experiment_id,
         "mlflow_run_url": run_url(tracker.tracking_uri, tracker.experiment_id, run_id),

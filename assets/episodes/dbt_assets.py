@@ -10,7 +10,6 @@ upstream partitions change. dbt tests become asset checks.
 """
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from assets.core.automation import (
     follow_upstream,
     follow_upstream_unpartitioned,
 )
-from assets.core.dbt import dbt_project
+from assets.core.dbt import build_vars, dbt_project
 from assets.core.partitions import monthly_partitions
 from assets.core.resources import StorageResource, WarehouseResource
 
@@ -82,15 +81,6 @@ def lookahead_mapping(months: int) -> dg.TimeWindowPartitionMapping:
     )
 
 
-def dbt_vars(window: dg.TimeWindow, storage_root: str) -> dict[str, str]:
-    """The partition window as dbt vars: inclusive UTC dates."""
-    return {
-        "min_date": window.start.date().isoformat(),
-        "max_date": (window.end - timedelta(days=1)).date().isoformat(),
-        "storage_root": storage_root,
-    }
-
-
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -109,8 +99,9 @@ def episode_models(
     storage: StorageResource,
     warehouse: WarehouseResource,
 ):
-    build_vars = dbt_vars(context.partition_time_window, storage.get().root)
-    context.log.info(f"dbt build for {build_vars['min_date']}..{build_vars['max_date']}")
+    window = context.partition_time_window
+    window_vars = build_vars(window.start, window.end, storage.get().root)
+    context.log.info(f"dbt build for {window_vars['min_date']}..{window_vars['max_date']}")
     with warehouse.dbt_env():
         # Staging views are definitions of the build window (which raw days to read) and seeds
         # are configuration (policy parameters), not data: refresh both for this window
@@ -126,14 +117,14 @@ def episode_models(
                 "--resource-type",
                 "seed",
                 "--vars",
-                json.dumps(build_vars),
+                json.dumps(window_vars),
             ]
         )
         refresh.wait()
         if not refresh.is_successful():
             raise dg.Failure("refreshing staging views and seeds for the build window failed")
         yield from dbt.cli(
-            ["build", "--vars", json.dumps(build_vars), *BUILD_FLAGS], context=context
+            ["build", "--vars", json.dumps(window_vars), *BUILD_FLAGS], context=context
         ).stream()
 
 
@@ -153,18 +144,18 @@ def dataset_models(
 ):
     """The marts and stg_feedback: full tables, no build window (min_date and max_date keep
     their defaults; the intermediate models they read are not rebuilt here)."""
-    build_vars = {"storage_root": storage.get().root}
+    window_vars = {"storage_root": storage.get().root}
     with warehouse.dbt_env():
         # stg_feedback is a view whose SQL names the raw files present when it was created:
         # refresh it for every run, selected or not, so the marts see every rating landed so far.
         refresh = dbt.cli(
-            ["run", "--select", "stg_feedback", "--vars", json.dumps(build_vars)],
+            ["run", "--select", "stg_feedback", "--vars", json.dumps(window_vars)],
         )
         refresh.wait()
         if not refresh.is_successful():
             raise dg.Failure("refreshing stg_feedback failed")
         yield from dbt.cli(
-            ["build", "--vars", json.dumps(build_vars), *BUILD_FLAGS], context=context
+            ["build", "--vars", json.dumps(window_vars), *BUILD_FLAGS], context=context
         ).stream()
 
 

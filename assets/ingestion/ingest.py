@@ -30,7 +30,7 @@ import duckdb
 import pyarrow as pa
 
 from assets.core.feeds import REQUIRED_COLUMNS, SYMBOL_PATTERN, FeedSpec
-from assets.core.storage import Storage
+from assets.core.storage import Storage, file_sha256
 from assets.ingestion.readers import CANONICAL, FileReadError, select_canonical, sql_literal
 
 log = logging.getLogger(__name__)
@@ -556,17 +556,9 @@ def _copy_days(
                     )
                 written[day] = staging / f"{day}.parquet"
                 shutil.copyfile(empty, written[day])
-            hashes[day] = sha256_file(written[day])
+            hashes[day] = file_sha256(written[day])
             storage.commit_file(written[day], path_of_day(day))
     return hashes
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files_for_days(

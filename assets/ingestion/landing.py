@@ -11,7 +11,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from assets.core.feeds import FeedSpec
+from assets.core.feeds import FeedSpec, load_feeds
+from assets.core.settings import feeds_file_from_env, storage_settings_from_env
 from assets.core.storage import Storage
 
 DEFAULT_FEED = "bokeh-stocks"
@@ -37,15 +38,13 @@ def land_default(storage: Storage, feeds: dict[str, FeedSpec]) -> tuple[str, boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from assets.core.resources import resources_from_env
-
     parser = argparse.ArgumentParser(prog="python -m assets.ingestion.landing", description=__doc__)
     parser.add_argument("feed", nargs="?", help="declared feed name")
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--default", action="store_true", help="land the embedded default feed")
     args = parser.parse_args(argv)
-    res = resources_from_env()
-    storage, feeds = res["storage"].get(), res["feeds"].load()
+    storage = Storage(**storage_settings_from_env())
+    feeds = load_feeds(feeds_file_from_env())
     if args.default:
         rel, new = land_default(storage, feeds)
         print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)}")

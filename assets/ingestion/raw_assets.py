@@ -13,6 +13,7 @@ import json
 import dagster as dg
 from dagster_pandera import pandera_schema_to_dagster_type
 
+from assets.core.contracts import ContractResult
 from assets.core.feeds import FeedSpec
 from assets.core.partitions import daily_partitions
 from assets.core.resources import FeedsResource, StorageResource
@@ -24,7 +25,7 @@ from assets.ingestion.ingest import (
     quarantine_path,
     raw_path,
 )
-from assets.ingestion.raw_contracts import ContractResult, raw_schema, validate_partitions
+from assets.ingestion.raw_contracts import raw_schema, validate_partitions
 
 OWNERS = ["team:market-data"]
 # Bump when the ingestion rules change the bytes of raw partitions.
@@ -166,12 +167,7 @@ def _check_results(
         dg.AssetCheckResult(
             check_name="contract",
             passed=contract.passed,
-            metadata={
-                "rows_validated": contract.rows_validated,
-                "failures": contract.failures,
-                "failures_by_check": dg.MetadataValue.json(contract.failures_by_check),
-                "failure_sample": dg.MetadataValue.json(contract.failure_sample),
-            },
+            metadata={"rows_validated": contract.rows, **contract.metadata()},
         ),
         dg.AssetCheckResult(
             check_name="nothing_lost",

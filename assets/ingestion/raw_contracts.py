@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import pandas as pd
-import pandera.errors
 import pandera.pandas as pa
 import pyarrow as pyarrow_
 import pyarrow.parquet as pq
 
+from assets.core.contracts import ContractResult
 from assets.core.feeds import FeedSpec
 from assets.core.storage import Storage
 from assets.ingestion.ingest import new_connection
@@ -186,20 +185,6 @@ def read_partition(path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas(types_mapper={pyarrow_.string(): TEXT}.get)
 
 
-@dataclass
-class ContractResult:
-    """Outcome of validating written partitions against the contract."""
-
-    rows_validated: int = 0
-    failures: int = 0
-    failures_by_check: dict[str, int] = field(default_factory=dict)
-    failure_sample: list[dict] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return self.failures == 0
-
-
 def _chunks(rows_by_day: dict[str, int], max_rows: int) -> Iterator[list[str]]:
     chunk, rows = [], 0
     for day in sorted(rows_by_day):
@@ -235,23 +220,7 @@ def validate_partitions(
                 "FROM read_parquet($files, hive_partitioning = true)",
                 {"files": files},
             ).fetch_arrow_table()
-        df = table.to_pandas(types_mapper={pyarrow_.string(): TEXT}.get)
-        result.rows_validated += len(df)
-        try:
-            schema.validate(df, lazy=True)
-        except pandera.errors.SchemaErrors as exc:
-            cases = exc.failure_cases
-            result.failures += len(cases)
-            for check, n in cases["check"].astype(str).value_counts().items():
-                result.failures_by_check[check] = result.failures_by_check.get(check, 0) + int(n)
-            if len(result.failure_sample) < 10:
-                sample = cases.head(10 - len(result.failure_sample))
-                result.failure_sample += [
-                    {k: str(v) for k, v in row.items()}
-                    for row in sample[["column", "check", "failure_case", "index"]].to_dict(
-                        "records"
-                    )
-                ]
+        result.validate(schema, table.to_pandas(types_mapper={pyarrow_.string(): TEXT}.get))
     return result
 
 

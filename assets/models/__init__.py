@@ -1,0 +1,1 @@
+"""Datasets -> models: the training assets, evaluation and promotion. Rank 3."""

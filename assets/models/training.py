@@ -34,6 +34,7 @@ import dagster as dg
 
 from assets.core.automation import RETRAIN_REASON_TAG
 from assets.core.dbt import dbt_project
+from assets.core.materializations import latest_metadata
 from assets.core.resources import (
     REPO_ROOT,
     FeedsResource,
@@ -42,7 +43,8 @@ from assets.core.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from assets.core.training_run import file_sha256, materialization_metadata, run_stage
+from assets.core.storage import file_sha256
+from assets.core.training_run import materialization_metadata, run_stage
 from assets.episodes.dataset_lineage import DATASET_MODELS, dataset_lineage
 from assets.episodes.datasets import dataset_path, warehouse_connection
 from training.checkpoint import code_digest as training_code_version
@@ -85,17 +87,9 @@ def to_metadata(typed: dict[str, dict[str, Any]]) -> dict[str, dg.MetadataValue]
     return {k: _METADATA[v["type"]](v["raw_value"]) for k, v in typed.items()}
 
 
-def _latest_metadata(context: dg.AssetExecutionContext, key: str) -> tuple[dict[str, Any], str]:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
-    if event is None or event.asset_materialization is None:
-        return {}, ""
-    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-    return metadata, event.run_id
-
-
 def sft_checkpoint(context: dg.AssetExecutionContext) -> str:
     """The checkpoint folder of the latest sft_model materialization (DPO starts from it)."""
-    metadata, _ = _latest_metadata(context, "sft_model")
+    metadata = latest_metadata(context.instance, "sft_model")
     path = metadata.get("checkpoint_path")
     if not path or not Path(path, "config.json").is_file():
         raise dg.Failure(
@@ -159,7 +153,7 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
             (data_until,) = con.execute(
                 f"select max(decision_ts) from {DATASET_MODELS[stage]}"
             ).fetchone()
-        _, upstream_run = _latest_metadata(context, upstream)
+        upstream_run = latest_metadata(context.instance, upstream).get("dagster_run_id", "")
         lineage["dagster"] = {
             "run_id": context.run_id,
             "asset_key": context.asset_key.to_user_string(),

@@ -55,7 +55,7 @@ Default thresholds (:class:`DriftPolicy`)
 - ``min_rows = 200``: 20 expected rows per decile bin; PSI's noise floor is about
   ``(bins - 1) * (1 / n_ref + 1 / n_cur)``, 0.045 from a 200-row window alone, well below 0.25.
 - ``consecutive_windows = 2`` (K): one window beyond the thresholds is not enough; K in a row
-  are. The simulation in ``tests/test_drift_stats.py`` draws 500 sequences of 8 windows of 500
+  are. The simulation in ``tests/monitoring/test_drift_stats.py`` draws 500 sequences of 8 windows of 500
   rows from the reference process (3,000 rows) with six features: AR(1) with rho 0.8 and 0.95,
   the exponential of an AR(1) with rho 0.9, a heavy-tailed one, regimes in spells of 10 rows
   and an independent action. 2.4% of its windows had a BH rejection and 1.4% a drifted feature

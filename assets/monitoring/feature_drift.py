@@ -34,10 +34,10 @@ import pandas as pd
 from pydantic import Field
 
 from assets.core.automation import follow_upstream_unpartitioned
+from assets.core.materializations import latest_metadata
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.episodes.datasets import warehouse_connection
 from assets.episodes.point_in_time_features import FEATURE_COLUMNS
-from assets.models.evaluation import latest_metadata
 from assets.monitoring.drift_stats import (
     DriftPolicy,
     DriftState,

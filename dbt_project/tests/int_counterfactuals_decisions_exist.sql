@@ -6,7 +6,7 @@
   to the latest decision point before it, which can move into the next month once that month is
   built; the earlier month's int_recorded_decisions and int_counterfactuals are then rebuilt one
   after the other (lookahead_months), and a check between the two would fail in between and
-  block the rebuild that makes them agree. tests/test_backfill_identity.py checks the end state.
+  block the rebuild that makes them agree. tests/episodes/test_backfill_identity.py checks the end state.
 -#}
 with
 

@@ -3,7 +3,7 @@
   (decision point, policy version of the seed reference_policies), with action, size and an
   ordered reasoning trace (observations stating features, inferences, one decision). Built from
   the decision point's own features only (int_decision_points: data at or before decision_ts);
-  nothing later is read, and tests/test_decisions.py fails if the compiled SQL ever names a
+  nothing later is read, and tests/episodes/test_decisions.py fails if the compiled SQL ever names a
   forward-looking column.
 
   Rules (assets/episodes/reference_policies.py holds the same rules and texts in Python, the test oracle):
