@@ -117,10 +117,27 @@ def read_export(path: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- the builds (once per module)
 
 
+SPLIT_SYMBOL, SPLIT_DAY = "BBB", START + timedelta(days=150)
+
+
+def with_split(bars: pd.DataFrame) -> pd.DataFrame:
+    """The daily bars of SPLIT_SYMBOL as a vendor delivers them around a 2:1 split on SPLIT_DAY:
+    prices before it doubled, volumes halved, the adjusted close the original (continuous) close.
+    Adjusted, the series is exactly the original again (factor 0.5: exact in binary)."""
+    out = bars.assign(adj_close=np.nan)
+    daily = (out["symbol"] == SPLIT_SYMBOL) & (out["interval"] == "1d")
+    out.loc[daily, "adj_close"] = out.loc[daily, "close"]
+    before = daily & (out["ts"].dt.date < SPLIT_DAY)
+    out.loc[before, ["open", "high", "low", "close"]] *= 2
+    out.loc[before, "volume"] /= 2
+    return out
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("features")
-    bars = random_bars(11, START, N_DAYS, full_tail_days=TAIL_DAYS + 1)
+    unsplit = random_bars(11, START, N_DAYS, full_tail_days=TAIL_DAYS + 1)
+    bars = with_split(unsplit)
     days = sorted(bars["ts"].dt.date.unique())
     first, last = days[0], days[-1]
     cut = last - timedelta(days=TAIL_DAYS)  # B: the incremental warehouse starts at [first, B]
@@ -158,7 +175,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for name in ("full", "before", "inc")
         for table in tables
     }
-    return out | {"bars": bars, "cut": cut}
+    return out | {"bars": bars, "unsplit": unsplit, "cut": cut}
 
 
 # ---------------------------------------------------------------- helpers
@@ -220,6 +237,17 @@ def test_dbt_matches_oracle(built: dict) -> None:
     # Lineage: the decision bar's landed file.
     day_hash = features["bar_date"].dt.strftime("%Y-%m-%d").map(landed_hash)
     assert (features["source_hashes"] == day_hash.map(lambda h: (h,))).all()
+
+
+def test_a_delivered_split_is_adjusted_away(built: dict) -> None:
+    """dbt's features of the split series equal those of the series that never split."""
+    features = built["full_int_features"]
+    unsplit = compute_features(built["unsplit"], LOOKBACK_DAYS)
+    mine = features[features["symbol"] == SPLIT_SYMBOL].reset_index(drop=True)
+    reference = unsplit[unsplit["symbol"] == SPLIT_SYMBOL].reset_index(drop=True)
+    assert len(mine) == len(reference) > 200
+    for column in ("close", "ret_1", "ret_5", "vol_20", "volume_z_20", "trend_gap_50"):
+        assert np.allclose(mine[column], reference[column], rtol=0, atol=1e-9, equal_nan=True)
 
 
 def test_decision_points_are_the_warm_rows(built: dict) -> None:

@@ -75,7 +75,8 @@ def write_days(root: Path, table_name: str, table: pa.Table, days: np.ndarray) -
 
 def write_raw_bars(root: Path, bars: pd.DataFrame) -> dict[str, Path]:
     """One raw bars partition per UTC day; returns the file of each day. Bars with only a close
-    get open/high/low around it (0.999x, 1.01x, 0.99x); without a volume, volume 1."""
+    get open/high/low around it (0.999x, 1.01x, 0.99x); without a volume, volume 1; without an
+    adj_close column, no adjusted close."""
     day = bars["ts"].dt.strftime("%Y-%m-%d")
     derived = {}
     if "open" not in bars:
@@ -85,7 +86,7 @@ def write_raw_bars(root: Path, bars: pd.DataFrame) -> dict[str, Path]:
         derived["volume"] = 1.0
     frame = bars.assign(
         **derived,
-        adj_close=None,
+        adj_close=bars.get("adj_close"),
         feed="test",
         source_file="landing/test/" + day + ".csv",
         source_hash=day.map(landed_hash),
