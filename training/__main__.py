@@ -1,5 +1,7 @@
 """Command line: ``python -m training {sft,dpo,prm} --config FILE [key=value ...]``.
 
+    python -m training recipe --datasets var/datasets --out var/training/recipe   # SFT->DPO->PRM
+
     python -m training sft --config training/configs/sft_cpu_small.yaml train.max_steps=5
     python -m training fields sft          # every config field with its default and help
     accelerate launch --config_file training/configs/accelerate_multi_gpu.yaml \\
@@ -57,6 +59,22 @@ def main(argv: list[str] | None = None) -> int:
             "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
         )
         run.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    recipe = sub.add_parser("recipe", help="SFT -> DPO -> PRM with the shipped recipe configs")
+    recipe.add_argument(
+        "--datasets", required=True, help="folder with sft/, dpo/, prm/ *.parquet exports"
+    )
+    recipe.add_argument("--out", required=True, help="run folder; checkpoints in <out>/<stage>")
+    recipe.add_argument(
+        "--profile", choices=["cpu", "gpu"], default="cpu", help="<stage>.yaml or <stage>_gpu.yaml"
+    )
+    recipe.add_argument(
+        "--stages", default="sft,dpo,prm", help="comma-separated subset, in recipe order"
+    )
+    recipe.add_argument("--lineage", help="JSON file with the lineage dict to record")
+    recipe.add_argument("--result-json", help="write every stage's result here")
+    recipe.add_argument(
+        "overrides", nargs="*", help="stage-prefixed overrides: sft.train.max_steps=5"
+    )
     fields = sub.add_parser("fields", help="list a stage's config fields with help text")
     fields.add_argument("stage", choices=list(STAGES))
     args = parser.parse_args(argv)
@@ -65,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, default, text in _fields(STAGES[args.stage]):
             print(f"{name} = {default}\n    {text}")
         return 0
+
+    if args.command == "recipe":
+        return _recipe(args)
 
     try:
         cfg = load_config(args.command, args.config, args.overrides).validate()
@@ -97,6 +118,38 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.result_json).write_text(
                 json.dumps(dataclasses.asdict(result), default=str, indent=2) + "\n"
             )
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from training import recipe
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = [s for s in stages if s not in recipe.RECIPE_STAGES]
+    lineage = json.loads(Path(args.lineage).read_text()) if args.lineage else {}
+    try:
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}: expected {recipe.RECIPE_STAGES}")
+        recipe.split_overrides(args.overrides)  # a bad override fails before any training
+        results = recipe.run_recipe(
+            args.datasets,
+            args.out,
+            profile=args.profile,
+            overrides=args.overrides,
+            lineage=lineage,
+            stages=stages,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {
+        stage: {"checkpoint_dir": r.checkpoint_dir, "metrics": r.metrics}
+        for stage, r in results.items()
+    }
+    print(json.dumps(summary, default=str))
+    if args.result_json:
+        full = {stage: dataclasses.asdict(r) for stage, r in results.items()}
+        Path(args.result_json).write_text(json.dumps(full, default=str, indent=2) + "\n")
     return 0
 
 

@@ -7,6 +7,7 @@ evaluate -> save. The pieces here keep those modules short.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from training import checkpoint, data
+from training import checkpoint, data, models
 from training.config import _StageConfig
 
 # on_log(step, logs): called on the main process each time the Trainer logs (loss, lr, eval).
@@ -169,10 +170,22 @@ def evaluation_model(trainer, cfg: _StageConfig, folder: str, loader: Callable[[
 
 
 def save_weights(trainer, tokenizer, cfg: _StageConfig) -> str:
-    """save_pretrained (safetensors) and the tokenizer into <output_dir>/final."""
+    """save_pretrained (safetensors) and the tokenizer into <output_dir>/final.
+
+    A LoRA model is merged first (adapters folded into a copy of the weights), so every
+    checkpoint is a plain model folder that loads without peft."""
     folder = Path(cfg.train.output_dir) / "final"
-    # Every rank takes part (ZeRO-3 gathers shards); only the main process writes files.
-    trainer.save_model(str(folder))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if models.is_peft(model):
+        if trainer.is_world_process_zero():
+            task = "token" if cfg.stage == "prm" else "causal"
+            start = getattr(cfg, "start_model", lambda: cfg.model.name_or_path)()
+            base = dataclasses.replace(cfg.model, name_or_path=start)
+            full = models.merged(model, base, task, cfg.train.seed)
+            full.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        # Every rank takes part (ZeRO-3 gathers shards); only the main process writes files.
+        trainer.save_model(str(folder))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(folder)
         # The Trainer pickles its arguments next to the weights; training_config.json replaces it.

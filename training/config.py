@@ -149,6 +149,43 @@ class TrainConfig:
     disable_tqdm: bool = _help("Hide progress bars (logs stay).", default=True)
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = _help(
+        "Train low-rank adapters (peft LoRA) instead of every weight. The checkpoint is merged "
+        "before saving (adapters folded into the weights): a plain model folder that every "
+        "loader reads, without peft.",
+        default=False,
+    )
+    r: int = _help("Rank of the adapters.", default=16)
+    alpha: float = _help("Scale numerator: the update is alpha / r times B @ A.", default=32.0)
+    dropout: float = _help("Dropout on the adapters' input.", default=0.0)
+    target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGETS),
+        metadata={"help": "Linear layers that get adapters (names inside each decoder layer)."},
+    )
+    top_layers: int | None = _help(
+        "Adapt only the last N decoder layers; null: all. The backward pass then stops at the "
+        "lowest adapted layer, so on a CPU a step costs little more than a forward pass.",
+        default=None,
+    )
+    base_dtype: str = _help(
+        "dtype of the frozen base weights: 'float32', or 'bfloat16' (about 3x faster forward "
+        "passes on CPUs with AVX512-BF16, half the memory; measured in benchmarks/README.md). "
+        "Adapters and optimizer state stay float32, and the saved checkpoint merges the "
+        "adapters into the float32 base weights.",
+        default="float32",
+    )
+    train_lm_head: bool = _help(
+        "Also train the output embedding (LM head) in full. Off by default: with tied "
+        "embeddings it is the input embedding too.",
+        default=False,
+    )
+
+
 # ------------------------------------------------------------------------------ stage configs
 
 
@@ -260,6 +297,18 @@ class _StageConfig:
             raise ValueError("model.tiny_hidden_size >= 8 and model.tiny_num_layers >= 1 needed")
         if not self.data.files:
             raise ValueError("data.files is empty: name the Parquet file(s) of the dataset")
+        lora = getattr(self, "lora", None)
+        if lora is not None and lora.enabled:
+            if lora.r < 1 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+                raise ValueError("lora: r >= 1, alpha > 0 and 0 <= dropout < 1 needed")
+            if not lora.target_modules:
+                raise ValueError("lora.target_modules is empty")
+            if lora.base_dtype not in ("float32", "bfloat16"):
+                raise ValueError(f"lora.base_dtype={lora.base_dtype!r}: float32 or bfloat16")
+            if lora.top_layers is not None and lora.top_layers < 1:
+                raise ValueError("lora.top_layers must be at least 1 (or null for all)")
+            if t.deepspeed and "zero3" in t.deepspeed:
+                raise ValueError("lora with ZeRO-3 is not supported here: use ds_zero2.json")
         return self
 
     def _validate_deepspeed(self, device: str) -> None:
@@ -299,8 +348,21 @@ class SFTStageConfig(_StageConfig):
         default_factory=lambda: TrainConfig(output_dir="var/training/sft", learning_rate=5e-5),
         metadata={"help": "Optimisation section."},
     )
+    lora: LoRAConfig = field(
+        default_factory=LoRAConfig, metadata={"help": "LoRA section (off: full fine-tuning)."}
+    )
     completion_only_loss: bool = _help(
         "Compute the loss on the assistant completion only, not on the prompt.", default=True
+    )
+    completion_lines: int | None = _help(
+        "Keep the first N lines of each completion (ds_sft is decision-first, so 1 trains on "
+        "the decision line only); null: the whole completion.",
+        default=None,
+    )
+    balance_actions: bool = _help(
+        "Oversample the training rows (seeded, with replacement) so that every action of the "
+        "'action' column is as frequent as the most frequent one.",
+        default=False,
     )
     packing: bool = _help(
         "Pack several short examples into one max_length sequence (faster on GPU).",
@@ -317,6 +379,8 @@ class SFTStageConfig(_StageConfig):
         super().validate()
         if self.eval_generate_samples < 0 or self.max_new_tokens < 1:
             raise ValueError("eval_generate_samples must be >= 0 and max_new_tokens >= 1")
+        if self.completion_lines is not None and self.completion_lines < 1:
+            raise ValueError("completion_lines must be at least 1 (or null for all)")
         return self
 
 
@@ -337,6 +401,18 @@ class DPOStageConfig(_StageConfig):
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(output_dir="var/training/dpo", learning_rate=5e-6),
         metadata={"help": "Optimisation section."},
+    )
+    lora: LoRAConfig = field(
+        default_factory=LoRAConfig,
+        metadata={
+            "help": "LoRA section (off: full fine-tuning). With LoRA the frozen reference is the "
+            "policy with its adapters switched off (no second copy of the model)."
+        },
+    )
+    completion_lines: int | None = _help(
+        "Keep the first N lines of chosen and rejected (decision-first: 1 compares the decision "
+        "lines only); null: whole completions.",
+        default=None,
     )
     sft_checkpoint: str | None = _help(
         "Folder of the SFT checkpoint: the policy starts from it and the frozen reference model "
@@ -377,6 +453,8 @@ class DPOStageConfig(_StageConfig):
             raise ValueError(f"sft_checkpoint={self.sft_checkpoint!r} is not a saved model folder")
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta}: must be > 0")
+        if self.completion_lines is not None and self.completion_lines < 1:
+            raise ValueError("completion_lines must be at least 1 (or null for all)")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
         return self
@@ -400,6 +478,10 @@ class PRMStageConfig(_StageConfig):
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(output_dir="var/training/prm", learning_rate=5e-5),
         metadata={"help": "Optimisation section."},
+    )
+    lora: LoRAConfig = field(
+        default_factory=LoRAConfig,
+        metadata={"help": "LoRA section (off: full fine-tuning); the score head always trains."},
     )
     label_mode: str = _help(
         "'hard': 2-class cross-entropy on the 'labels' column; 'soft': BCE of a 1-logit head "

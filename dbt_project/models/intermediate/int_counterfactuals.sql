@@ -43,6 +43,10 @@
     decision_quality   'good' if advantage > 2 * advantage_se, 'bad' if < -2 * advantage_se,
                        else 'neutral'; NULL without enough analogs
     best_action_ex_ante  argmax of ev (ties: hold, then buy, then sell)
+    target_action      the action the analog evidence supports, the decision target of ds_sft:
+                       buy (sell) if t_buy = ev_buy / ev_se_buy (t_sell) exceeds var target_z
+                       (2) and the other t, else hold; t as the prompt renders it (2 decimals),
+                       so the target is a function of what the prompt shows at decision_ts
 
   Reads int_decision_points and int_bars from lookback_days before min_date: the analogs come
   from days built earlier, so partitions must be built in date order (as for int_features).
@@ -57,6 +61,7 @@
 {%- set min_analogs = var('min_analogs', 20) | int -%}
 {%- set mc_rollouts = var('mc_rollouts', 16) | int -%}
 {%- set cost = (var('cost_bps', 5) | float) / 10000 -%}
+{%- set target_z = var('target_z', 2) | float -%}
 with
 
 bars as (
@@ -371,7 +376,9 @@ judged as (
             when ev_hold >= ev_buy and ev_hold >= ev_sell then 'hold'
             when ev_buy >= ev_sell then 'buy'
             when ev_sell is not null then 'sell'
-        end as best_action_ex_ante
+        end as best_action_ex_ante,
+        cast(printf('%.2f', ev_buy / nullif(ev_se_buy, 0)) as double) as t_buy,
+        cast(printf('%.2f', ev_sell / nullif(ev_se_sell, 0)) as double) as t_sell
     from realized
 ),
 
@@ -427,6 +434,12 @@ final as (
         advantage,
         advantage_se,
         best_action_ex_ante,
+        case
+            when ev_buy is null then null
+            when t_buy > {{ target_z }} and t_buy >= coalesce(t_sell, t_buy) then 'buy'
+            when t_sell > {{ target_z }} then 'sell'
+            else 'hold'
+        end as target_action,
         case
             when advantage > 2 * advantage_se then 'good'
             when advantage < -2 * advantage_se then 'bad'

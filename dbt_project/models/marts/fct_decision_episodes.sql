@@ -6,10 +6,14 @@
 
   prompt: the decision point's context rendered as text (symbol, bar interval, decision time,
   every feature as the reasoning steps render numbers: returns and volatilities as percentages
-  with 2 decimals, the volume z-score in sigmas; regime) and the instruction. Built in the CTE
-  `prompts` from int_decision_points alone: nothing after decision_ts and no policy, so every
-  policy at one decision point gets the same prompt.
-  completion: the trace's step texts, one per line, ending with the decision step.
+  with 2 decimals, the volume z-score in sigmas; regime), the analog evidence of
+  int_counterfactuals (n_analogs; ev and standard error of buy and sell, 3 decimals, and their
+  t = ev / se, 2 decimals: only analogs whose outcome was known at or before decision_ts) and
+  the instruction, which states the decision rule of target_action. Built in the CTE `prompts`
+  from int_decision_points and the point-level ex-ante columns of int_counterfactuals: nothing
+  after decision_ts and no policy, so every policy at one decision point gets the same prompt.
+  completion: decision-first, the decision step's line ("buy 0.2500 of capital", "hold: no
+  trade"), then the other steps' texts in trace order, one per line.
 
   Walk-forward split with embargo. Boundaries V = validation_start, T = test_start (UTC
   midnight of the vars when set; otherwise the validation_quantile (0.70) and test_quantile
@@ -61,11 +65,26 @@ step_labels as (
     select * from {{ ref('fct_step_labels') }}
 ),
 
--- The context a model sees: decision-point features only, no policy, nothing after decision_ts.
-prompts as (
+-- The analog evidence of each decision point (int_counterfactuals: analogs whose outcome was
+-- known at or before decision_ts), the same for every policy deciding there.
+analog_evidence as (
     select
         decision_point_id,
-        'Symbol: ' || symbol || {{ nl }}
+        any_value(n_analogs) as n_analogs,
+        any_value(ev_buy) as ev_buy,
+        any_value(ev_sell) as ev_sell,
+        any_value(ev_se_buy) as ev_se_buy,
+        any_value(ev_se_sell) as ev_se_sell
+    from counterfactuals
+    group by decision_point_id
+),
+
+-- The context a model sees: decision-point features and analog evidence, no policy, nothing
+-- after decision_ts. The decision line comes first in the answer (decision-first completions).
+prompts as (
+    select
+        decision_points.decision_point_id,
+        'Symbol: ' || decision_points.symbol || {{ nl }}
         || 'Bar interval: ' || bar_interval || {{ nl }}
         || 'Decision time: '
         || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%SZ')
@@ -87,11 +106,37 @@ prompts as (
         || '- opening gap (log, from the previous close): ' || {{ fmt_pct('gap') }} || {{ nl }}
         || '- close against its 50-bar mean: ' || {{ fmt_pct('trend_gap_50') }} || {{ nl }}
         || '- regime: ' || regime || {{ nl }}
-        || 'Decide whether to buy, sell or hold ' || symbol || ' over the next {{ max_h }} bars.'
-        || ' Reason step by step, one step per line: first the observations you rely on, then'
-        || ' your inferences, and end with the decision on its own line: "buy <fraction> of'
-        || ' capital", "sell <fraction> of capital" or "hold: no trade".' as prompt
+        || case
+            when analog_evidence.ev_buy is null
+                then
+                    'Analog evidence: only ' || coalesce(analog_evidence.n_analogs, 0)
+                    || ' earlier ' || regime || ' bars of ' || decision_points.symbol
+                    || ' had a known {{ max_h }}-bar result at the decision time,'
+                    || ' too few for an estimate.' || {{ nl }}
+            else
+                'Analog evidence: the ' || analog_evidence.n_analogs || ' latest earlier '
+                || regime || ' bars of ' || decision_points.symbol
+                || ' whose {{ max_h }}-bar result was known at the decision time; mean'
+                || ' {{ max_h }}-bar log return in units of volatility, net of costs, with its'
+                || ' standard error and t = mean / standard error:' || {{ nl }}
+                || '- buy: ' || {{ fmt_signed('analog_evidence.ev_buy', 3) }} || ' +- '
+                || {{ fmt_fixed('analog_evidence.ev_se_buy', 3) }} || ' (t = '
+                || {{ fmt_signed('analog_evidence.ev_buy / nullif(analog_evidence.ev_se_buy, 0)') }}
+                || ')' || {{ nl }}
+                || '- sell: ' || {{ fmt_signed('analog_evidence.ev_sell', 3) }} || ' +- '
+                || {{ fmt_fixed('analog_evidence.ev_se_sell', 3) }} || ' (t = '
+                || {{ fmt_signed('analog_evidence.ev_sell / nullif(analog_evidence.ev_se_sell, 0)') }}
+                || ')' || {{ nl }}
+                || '- hold: 0 (no position)' || {{ nl }}
+        end
+        || 'Decide whether to buy, sell or hold ' || decision_points.symbol
+        || ' over the next {{ max_h }} bars: buy or sell only if its t is above '
+        || '{{ var("target_z", 2) }}, else hold. Answer with the decision on the first line'
+        || ' ("buy <fraction> of capital", "sell <fraction> of capital" or "hold: no trade"),'
+        || ' then your reasons, one per line.' as prompt
     from decision_points
+    left join analog_evidence
+        on decision_points.decision_point_id = analog_evidence.decision_point_id
 ),
 
 original_labels as (
@@ -171,8 +216,17 @@ joined as (
         counterfactuals.action,
         counterfactuals.size,
         decisions.reasoning_steps,
-        array_to_string(list_transform(decisions.reasoning_steps, s -> s.text), {{ nl }})
-            as completion,
+        -- Decision-first: the decision step's line, then the other steps in trace order.
+        array_to_string(
+            list_transform(
+                list_concat(
+                    list_filter(decisions.reasoning_steps, s -> s.kind = 'decision'),
+                    list_filter(decisions.reasoning_steps, s -> s.kind != 'decision')
+                ),
+                s -> s.text
+            ),
+            {{ nl }}
+        ) as completion,
         len(decisions.reasoning_steps) as n_steps,
         original_labels.step_labels,
         original_labels.all_steps_correct,
@@ -201,6 +255,7 @@ joined as (
         counterfactuals.advantage,
         counterfactuals.advantage_se,
         counterfactuals.best_action_ex_ante,
+        counterfactuals.target_action,
         counterfactuals.decision_quality,
         counterfactuals.luck,
         boundaries.split_validation_start,
