@@ -167,8 +167,13 @@ CHECK_SQL = {
             e.is_mature as episode_is_mature,
             e.matured_at as episode_matured_at,
             e.split as episode_split,
-            e.decision_quality as episode_decision_quality,
+            e.target_action as episode_target_action,
             e.all_steps_correct as episode_all_steps_correct,
+            list_bool_and(
+                list_transform(
+                    list_filter(e.step_labels, s -> s.kind = 'observation'), s -> s.hard_label
+                )
+            ) as episode_observations_correct,
             e.prompt as episode_prompt,
             e.completion as episode_completion
         from ds_sft as d
@@ -430,14 +435,26 @@ MART_CONTRACTS: dict[str, MartContract] = {
         columns={"completion": _text(NON_EMPTY), "action": _text(pa.Check.isin(ACTIONS))},
         checks=(
             pa.Check(
-                lambda df: (df["episode_decision_quality"] == "good").fillna(False).astype(bool),
-                name="ex_ante_good",
-                error="the episode's decision_quality is not good",
+                lambda df: (df["action"] == df["episode_target_action"]).fillna(False).astype(bool),
+                name="target_action",
+                error="the action is not the episode's target_action (the evidence rule)",
             ),
-            _true(
-                "episode_all_steps_correct",
-                "all_steps_correct",
-                "a step of the episode is not hard-labelled correct",
+            pa.Check(
+                # A hold imitates no policy's trace: only its observations must be correct.
+                lambda df: (
+                    df["episode_all_steps_correct"].fillna(False).astype(bool)
+                    | (
+                        (df["action"] == "hold").fillna(False).astype(bool)
+                        & df["episode_observations_correct"].fillna(False).astype(bool)
+                    )
+                ),
+                name="all_steps_correct",
+                error="a step of the episode is not hard-labelled correct (a hold: an observation)",
+            ),
+            pa.Check(
+                lambda df: ~df["decision_point_id"].duplicated(keep=False),
+                name="one_row_per_decision_point",
+                error="two rows of one decision point",
             ),
             _same(
                 "completion",
