@@ -118,7 +118,7 @@ def test_evaluate_callables_scores_items_and_backtest() -> None:
     lines = {"buy": "buy 0.5000 of capital", "sell": "sell 0.5000 of capital"}
 
     def generate(prompts: list[str]) -> list[str]:
-        return [f"obs\n{lines.get(best[p], 'hold: no trade')}" for p in prompts]
+        return [f"{lines.get(best[p], 'hold: no trade')}\nobs" for p in prompts]
 
     report = ev.evaluate_callables(episodes, None, None, generate=generate, max_prompts=None)
     assert report.metrics["decision_accuracy"] == 1.0
@@ -156,7 +156,6 @@ def test_evaluate_checkpoints_on_tiny_models(checkpoints: dict[str, Path]) -> No
     for key in (
         "decision_accuracy",
         "decision_well_formed",
-        "decision_parsed",
         "preference_accuracy",
         "prm_auc",
         "prm_faulty_step_found",
@@ -375,3 +374,106 @@ def test_champion_model_refuses_without_a_passed_check(tmp_path: Path) -> None:
         raise_on_error=False,
     )
     assert not result.success
+
+
+# ---------------------------------------------------------------- training.report (fakes)
+
+
+def _all_splits() -> pd.DataFrame:
+    """episodes_frame's points spread over train / validation / test (every fourth point is a
+    test point: 10 of them), all mature, with decision-first completions."""
+    frame = episodes_frame(n_points=40)
+    point = frame["decision_point_id"].str[2:].astype(int)
+    frame["split"] = np.select([point % 4 == 3, point % 4 == 2], ["test", "validation"], "train")
+    frame["is_mature"] = True
+    frame["completion"] = frame["action"] + " 0.5000 of capital\nwhy"
+    return frame
+
+
+def test_report_scores_every_test_point_next_to_the_baselines() -> None:
+    from training import report
+
+    episodes = _all_splits()
+    best = dict(zip(episodes["prompt"], episodes["best_action_ex_ante"], strict=False))
+
+    def oracle(prompts: list[str]) -> pd.DataFrame:
+        rows = [[0.9 if a == best[p] else 0.05 for a in ("buy", "sell", "hold")] for p in prompts]
+        return pd.DataFrame(rows, columns=["p_buy", "p_sell", "p_hold"])
+
+    def uniform(prompts: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"p_buy": 1 / 3, "p_sell": 1 / 3, "p_hold": 1 / 3}, index=prompts)
+
+    generated: list[str] = []
+
+    def generate(prompts: list[str]) -> list[str]:
+        generated.extend(prompts)
+        lines = {"buy": "buy 1.0 of capital", "sell": "sell 1.0 of capital"}
+        return [f"{lines.get(best[p], 'hold: no trade')}\nwhy" for p in prompts]
+
+    out = report.evaluate_callables(
+        episodes,
+        None,
+        None,
+        action_probs=oracle,
+        base_action_probs=uniform,
+        generate=generate,
+        max_new_tokens=20,
+        max_format_prompts=5,
+    )
+    items = out.items
+    assert list(items.columns) == list(report.ITEM_COLUMNS)
+    assert len(items) == 10 and items["item_id"].is_unique  # every test point
+    assert out.metrics["decision_accuracy"] == 1.0
+    assert out.metrics["decision_logp_target"] == pytest.approx(math.log(0.9))
+    assert out.metrics["base_logp_target"] == pytest.approx(-math.log(3))
+    # the argmax action (the target here) earns its realized unit reward
+    expected = np.select(
+        [items["target"] == "buy", items["target"] == "sell"],
+        [items["cf_reward_buy"], items["cf_reward_sell"]],
+        0.0,
+    )
+    np.testing.assert_allclose(items["reward"], expected)
+    # format: 5 sampled points generated, all well-formed
+    assert len(generated) == 5 and out.metrics["format_well_formed"] == 1.0
+    assert items["well_formed"].notna().sum() == 5
+    table = out.baselines.set_index("name")
+    assert {"model", "base", "train-majority", "random", "probe", "policy:momentum"} <= set(
+        table.index
+    )
+    assert (table["n"][["model", "base", "probe"]] == 10).all()
+    assert table.loc["base", "delta_ci_low"] > 0
+    assert (
+        out.metrics["baseline_policy_momentum_accuracy"] == table.loc["policy:momentum", "accuracy"]
+    )
+    assert "| train-majority | baseline |" in out.markdown()
+    assert out.digest == report.items_digest(report.decision_items(episodes))
+
+
+def test_report_prm_table_per_kind() -> None:
+    from training import report
+
+    traces = synthetic.prm_frame(80)
+    train, test = traces[traces["split"] == "train"], traces[traces["split"] == "test"]
+    steps = report.prm_steps(traces)
+    kinds = steps.assign(kind=np.where(steps["kind"] == "decision", "decision", "observation"))
+    info = kinds.assign(verified=kinds["label"])[["trace_id", "step_index", "kind", "verified"]]
+
+    def marker(prompts: list[str], traces_: list[list[str]]) -> list[list[float]]:
+        return [[0.0 if synthetic.MARKER in s else 1.0 for s in t] for t in traces_]
+
+    out = report.evaluate_callables(
+        _all_splits(),
+        None,
+        test,
+        action_probs=lambda ps: pd.DataFrame(
+            {"p_buy": [1.0] * len(ps), "p_sell": 1.0, "p_hold": 1.0}
+        ),
+        score_traces=marker,
+        step_info=info,
+        train_traces=train,
+    )
+    table = out.prm_baselines.set_index("name")
+    assert list(table.index) == ["prm", "kind-only", "exact-check"]
+    assert table.loc["prm", "auc"] == 1.0 and out.metrics["prm_table_prm_auc"] == 1.0
+    assert table.loc["kind-only", "auc_observation"] == pytest.approx(0.5)
+    assert "PRM steps" in out.markdown()

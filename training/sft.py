@@ -1,13 +1,13 @@
 """Stage 1, supervised fine-tuning: imitate the completions of ds_sft.
 
 trl's SFTTrainer on conversational prompt-completion rows: the chat template renders the prompt
-as the user turn and the completion (reasoning steps, then the decision line) as the assistant
-turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
+as the user turn and the completion (the decision line, then the reasoning steps) as the
+assistant turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
 to answer rather than to echo market prompts.
 
-After training: eval loss, and decision accuracy of greedy generations on up to
-``eval_generate_samples`` evaluation prompts (the last line's buy/sell/hold against the
-reference's).
+After training: eval loss, and on up to ``eval_generate_samples`` evaluation rows the likelihood
+scorer's accuracy, log p(target) and Brier against the reference's decision, and the share of
+greedy generations that open with a decision line (``training.scoring.decision_scores``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from training import checkpoint, common, cpu_head, data, evaluate, models
+from training import checkpoint, common, cpu_head, data, models, scoring
 from training.config import SFTStageConfig
 
 
@@ -72,7 +72,7 @@ def train_sft(
         trained = common.evaluation_model(
             trainer, cfg, folder, AutoModelForCausalLM.from_pretrained
         )
-        scores = evaluate.decision_accuracy(
+        scores = scoring.decision_scores(
             trained,
             tokenizer,
             rows["prompt"],
