@@ -220,7 +220,8 @@ def main() -> int:
 
 
 # Small on purpose: a CPU demo of the stages, not a useful model (DD_TRAINING_* resize it).
-DEMO_EVALUATION = {"max_prompts": 32, "max_pairs": 64, "max_traces": 64, "max_new_tokens": 64}
+# Decisions are scored on every test decision point (likelihood scorer); these cap the rest.
+DEMO_EVALUATION = {"max_format_prompts": 16, "max_pairs": 64, "max_traces": 64}
 
 
 def _train(instance: DagsterInstance) -> bool:
@@ -267,6 +268,7 @@ def _train(instance: DagsterInstance) -> bool:
                 "model_version",
                 "train_loss",
                 "decision_accuracy",
+                "decision_logp_target",
                 "preference_accuracy",
                 "prm_auc",
                 "dpo_champion_version",
@@ -274,6 +276,8 @@ def _train(instance: DagsterInstance) -> bool:
             if k in meta
         }
         print(f"  {name}: {shown if event else 'not built'}")
+        if "baselines" in meta:
+            print(f"  baselines on the test split:\n{meta['baselines'].value}")
     return True
 
 

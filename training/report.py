@@ -3,7 +3,7 @@ plain callables (fakes in tests, loaded checkpoints in :func:`evaluate_checkpoin
 
 The decision items are every test decision point of ``fct_decision_episodes`` (mature, with
 realized counterfactual rewards: the points the backtest can price), one row per unique
-prompt, the target its ``best_action_ex_ante``:
+prompt, the target its ``target_action`` (or, in marts without it, ``best_action_ex_ante``):
 
 - **likelihood scores** of every item (``action_probs(prompts) -> p_buy / p_sell / p_hold``,
   the likelihood scorer of ``training.scoring``): log p(target), Brier, argmax accuracy;
@@ -49,7 +49,9 @@ from training.metrics import (
     prm_metrics,
 )
 
-TARGET = "best_action_ex_ante"
+# The decision target of an episode: target_action where the marts have it (a function of the
+# point-in-time evidence the prompt shows), else the ex-ante best action.
+TARGETS = ("target_action", "best_action_ex_ante")
 POINT_COLUMNS: tuple[str, ...] = (
     "item_id",
     "prompt",
@@ -118,13 +120,22 @@ def _target(value: Any) -> str | None:
     return value if isinstance(value, str) and value in ACTIONS else None
 
 
+def target_column(episodes: pd.DataFrame, target: str | None = None) -> str | None:
+    """``target`` when given, else the first of :data:`TARGETS` the episodes have."""
+    if target is not None:
+        return target
+    return next((c for c in TARGETS if c in episodes.columns), None)
+
+
 def decision_items(
-    episodes: pd.DataFrame, *, split: str | None = "test", target: str = TARGET
+    episodes: pd.DataFrame, *, split: str | None = "test", target: str | None = None
 ) -> pd.DataFrame:
     """The decision points of a split: one row per unique prompt of its mature episodes with
     realized counterfactual rewards. Columns :data:`POINT_COLUMNS`; ``item_id`` is the
     episode's ``decision_point_id`` where present, else a hash of the prompt; ``target`` the
-    ``target`` column (None when it is not an action). Sorted by decision_ts, symbol, item_id."""
+    ``target`` column (:func:`target_column`; None when it is not an action). Sorted by
+    decision_ts, symbol, item_id."""
+    target = target_column(episodes, target)
     rows = _mature(on_split(episodes, split)).dropna(subset=["cf_reward_buy", "cf_reward_sell"])
     points = rows.drop_duplicates("prompt").copy()
     fallback = points["prompt"].map(item_id_of)
@@ -141,9 +152,12 @@ def decision_items(
     return points[list(POINT_COLUMNS)].reset_index(drop=True)
 
 
-def labelled_prompts(episodes: pd.DataFrame, split: str, *, target: str = TARGET) -> pd.DataFrame:
+def labelled_prompts(
+    episodes: pd.DataFrame, split: str, *, target: str | None = None
+) -> pd.DataFrame:
     """prompt, target of a split's mature decision points (one row per prompt; what the
     train-majority forecast and the probe fit on)."""
+    target = target_column(episodes, target)
     rows = _mature(on_split(episodes, split)).drop_duplicates("prompt")
     targets = rows[target].map(_target) if target in rows.columns else None
     return pd.DataFrame({"prompt": rows["prompt"].to_numpy(), "target": targets})
@@ -308,7 +322,7 @@ def evaluate_callables(
     score_traces: Callable[[list[str], list[list[str]]], list[list[float]]] | None = None,
     step_info: pd.DataFrame | None = None,
     train_traces: pd.DataFrame | None = None,
-    target: str = TARGET,
+    target: str | None = None,
     max_format_prompts: int | None = 64,
     max_pairs: int | None = None,
     max_traces: int | None = None,
