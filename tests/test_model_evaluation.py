@@ -467,3 +467,17 @@ def test_report_prm_table_per_kind() -> None:
     assert table.loc["prm", "auc"] == 1.0 and out.metrics["prm_table_prm_auc"] == 1.0
     assert table.loc["kind-only", "auc_observation"] == pytest.approx(0.5)
     assert "PRM steps" in out.markdown()
+
+
+def test_untrained_base_follows_the_lineage_back_to_the_base_model(tmp_path: Path) -> None:
+    from training.checkpoint import write_metadata
+
+    sft, dpo, lost = tmp_path / "sft", tmp_path / "dpo", tmp_path / "lost"
+    for folder, base in ((sft, "tiny"), (dpo, str(sft)), (lost, "/nowhere/sft/final")):
+        folder.mkdir()
+        write_metadata(folder, {"stage": folder.name}, {"base_model": base})
+    assert report.untrained_base(dpo) == "tiny"  # DPO -> its SFT checkpoint -> the base
+    assert report.untrained_base(sft) == "tiny"
+    assert report.untrained_base(lost) is None  # a folder of another machine: no base row
+    write_metadata(lost, {}, {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    assert report.untrained_base(lost) == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id

@@ -558,15 +558,21 @@ def evaluate_checkpoints(
         )
 
     base_probs = None
-    base_name = base_model or untrained_base(decision_checkpoint)
+    base_name = untrained_base(decision_checkpoint) if base_model is None else base_model
     if base_name:
         from training.config import ModelConfig
         from training.models import load_model
 
         seed_of_base = int((config.get("train") or {}).get("seed", 42))
-        base, base_tokenizer = load_model(ModelConfig(name_or_path=base_name), seed=seed_of_base)
-        base.to(device).eval()
-        base_probs = probability_scorer(base, base_tokenizer, config, batch_size=batch_size)
+        try:
+            base, base_tokenizer = load_model(
+                ModelConfig(name_or_path=base_name), seed=seed_of_base
+            )
+        except (OSError, ValueError) as error:  # not on this machine: no base row
+            base_name = f"unavailable ({base_name}: {error})"[:300]
+        else:
+            base.to(device).eval()
+            base_probs = probability_scorer(base, base_tokenizer, config, batch_size=batch_size)
 
     ref_logp, beta = None, None
     if use_reference:
@@ -602,7 +608,7 @@ def evaluate_checkpoints(
                 batch_size=batch_size,
             )
 
-    return evaluate_callables(
+    report = evaluate_callables(
         episodes,
         pairs,
         traces,
@@ -621,13 +627,16 @@ def evaluate_checkpoints(
         max_traces=max_traces,
         seed=seed,
         periods_per_year=periods_per_year,
-        settings={"scorer": "likelihood", "base_model": base_name or ""},
+        settings={"scorer": "likelihood"},
     )
+    report.settings["base_model"] = base_name or ""
+    return report
 
 
 def untrained_base(checkpoint_dir: str | Path, max_depth: int = 5) -> str | None:
     """The base model a checkpoint was trained from: its lineage ``base_model``, followed back
-    through checkpoint folders (DPO → SFT → base); None when unknown."""
+    through checkpoint folders (DPO → SFT → base); None when unknown or when it names a folder
+    that is not on this machine."""
     from training.checkpoint import read_metadata
 
     current = Path(checkpoint_dir)
@@ -636,7 +645,10 @@ def untrained_base(checkpoint_dir: str | Path, max_depth: int = 5) -> str | None
         base = lineage.get("base_model")
         if not base:
             return None
-        if not (Path(str(base)) / "lineage.json").is_file():
-            return str(base)
-        current = Path(str(base))
+        folder = Path(str(base)).expanduser()
+        if (folder / "lineage.json").is_file():
+            current = folder
+            continue
+        looks_like_path = str(base).startswith((".", "/", "~")) or str(base).count("/") > 1
+        return None if looks_like_path and not folder.exists() else str(base)
     return None
