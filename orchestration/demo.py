@@ -197,7 +197,8 @@ def main() -> int:
 
 
 # Small on purpose: a CPU demo of the stages, not a useful model (DD_TRAINING_* resize it).
-DEMO_EVALUATION = {"max_prompts": 32, "max_pairs": 64, "max_traces": 64, "max_new_tokens": 64}
+# Decisions are scored on every test decision point (likelihood scorer); these cap the rest.
+DEMO_EVALUATION = {"max_format_prompts": 16, "max_pairs": 64, "max_traces": 64}
 
 
 def _train(instance: DagsterInstance) -> bool:
@@ -243,6 +244,7 @@ def _train(instance: DagsterInstance) -> bool:
                 "model_version",
                 "train_loss",
                 "decision_accuracy",
+                "decision_logp_target",
                 "preference_accuracy",
                 "prm_auc",
                 "dpo_champion_version",
@@ -250,6 +252,8 @@ def _train(instance: DagsterInstance) -> bool:
             if k in meta
         }
         print(f"  {name}: {shown if meta else 'not built'}")
+        if "baselines" in meta:
+            print(f"  baselines on the test split:\n{meta['baselines'].value}")
     return True
 
 

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from training.evaluation import ACTIONS
+from training.decision_line import ACTIONS
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "strategy",

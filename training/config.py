@@ -369,16 +369,22 @@ class SFTStageConfig(_StageConfig):
         default=False,
     )
     eval_generate_samples: int = _help(
-        "Evaluation rows on which the model generates its completion after training, to "
-        "measure decision accuracy; 0 disables it.",
+        "Evaluation rows on which the trained model is scored after training (likelihood "
+        "accuracy, log p(target), Brier; well-formed generations); 0 disables it.",
         default=32,
     )
-    max_new_tokens: int = _help("Generation budget for decision accuracy, in tokens.", default=96)
+    max_new_tokens: int | None = _help(
+        "Generation budget of the well-formed check, in tokens; null: the longest reference "
+        "completion of those rows, plus a slack (a perfect imitator is never cut off).",
+        default=None,
+    )
 
     def validate(self) -> SFTStageConfig:
         super().validate()
-        if self.eval_generate_samples < 0 or self.max_new_tokens < 1:
-            raise ValueError("eval_generate_samples must be >= 0 and max_new_tokens >= 1")
+        if self.eval_generate_samples < 0 or (
+            self.max_new_tokens is not None and self.max_new_tokens < 1
+        ):
+            raise ValueError("eval_generate_samples must be >= 0 and max_new_tokens >= 1 or null")
         if self.completion_lines is not None and self.completion_lines < 1:
             raise ValueError("completion_lines must be at least 1 (or null for all)")
         return self

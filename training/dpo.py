@@ -19,12 +19,12 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from training import common, cpu_head, data, evaluate, models
+from training import common, cpu_head, data, models, scoring
 from training.config import TINY, DPOStageConfig
 
 
 def _preference(model, tokenizer, rows, cfg: DPOStageConfig) -> dict[str, float]:
-    return evaluate.preference_accuracy(
+    return scoring.preference_accuracy(
         model,
         tokenizer,
         rows["prompt"],

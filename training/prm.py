@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForTokenClassification, Trainer, TrainingArguments
 
-from training import common, data, evaluate, models
+from training import common, data, models, scoring
 from training.config import PRMStageConfig
+from training.metrics import step_metrics
 
 
 @dataclass
@@ -115,7 +116,7 @@ def score_traces(
             batch = PRMCollator(tokenizer.pad_token_id)(
                 [{"input_ids": ids, "labels": [0.0] * len(ids)} for ids, _ in chunk]
             )
-            with evaluate.autocast_for(model):
+            with scoring.autocast_for(model):
                 logits = model(
                     input_ids=batch["input_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device),
@@ -151,7 +152,7 @@ def evaluate_prm(model: Any, tokenizer: Any, rows: Any, cfg: PRMStageConfig) -> 
         faulty = [None if f is None else int(f) - base for f in rows["faulty_step_index"]]
     else:
         faulty = [None] * len(scores)
-    return evaluate.step_metrics(scores, rows["labels"], faulty, cfg.threshold)
+    return step_metrics(scores, rows["labels"], faulty, cfg.threshold)
 
 
 # ----------------------------------------------------------------------------------- training

@@ -1,10 +1,14 @@
 """The evaluation gate between a challenger model and the champion.
 
 A challenger replaces the champion only if it is measurably better on the *same* test items:
-per-item scores (higher is better: per decision point correctness from
-``DecisionMetrics.items["correct"]``, per-decision reward from
-``training.backtest.model_rewards``, per-pair preference correctness …) of both models on one
-set of items go into a paired bootstrap of the mean difference.
+per-item scores of both models on one set of items go into a paired bootstrap of the mean
+difference (higher is better). The gate's score (:data:`GATE_SCORES`, :func:`gate_scores`) is by
+default ``logp_target``, the likelihood scorer's log p(target action) per decision point
+(``training.scoring``): continuous, so two models that differ at all differ on it, and a tie
+(mean difference 0, interval [0, 0]) only happens between identical forecasts, which are then
+kept. ``brier`` (negated, so higher is better) is the bounded alternative; ``correct`` (argmax
+accuracy) and ``reward`` (realized reward of the argmax action) are coarse or noisy and kept for
+comparison.
 
 The test (:func:`paired_bootstrap`)
 -----------------------------------
@@ -35,7 +39,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 
+# Per-item columns the gate can compare, and the sign that makes higher better.
+GATE_SCORES: dict[str, float] = {"logp_target": 1.0, "brier": -1.0, "correct": 1.0, "reward": 1.0}
+DEFAULT_GATE_SCORE = "logp_target"
 # Resampled index matrices are built in chunks of about this many cells (memory bound).
 _CHUNK_CELLS = 2_000_000
 
@@ -190,4 +198,42 @@ def promotion_decision(
         return PromotionDecision(True, f"promoted: challenger better ({interval})", stats)
     return PromotionDecision(
         False, f"not promoted: not better than the champion ({interval})", stats
+    )
+
+
+def gate_scores(
+    items: pd.DataFrame, score: str = DEFAULT_GATE_SCORE, key: str = "item_id"
+) -> dict[str, float]:
+    """Per-item gate scores of an evaluation's items frame: ``key`` → the ``score`` column
+    (signed so that higher is better; items without a value, e.g. no target, are left out)."""
+    if score not in GATE_SCORES:
+        raise ValueError(f"gate score {score!r}: expected one of {tuple(GATE_SCORES)}")
+    values = items[[key, score]].dropna(subset=[score])
+    sign = GATE_SCORES[score]
+    return {str(k): sign * float(v) for k, v in zip(values[key], values[score], strict=True)}
+
+
+def gate_decision(
+    challenger_items: pd.DataFrame,
+    champion_items: pd.DataFrame | None,
+    *,
+    score: str = DEFAULT_GATE_SCORE,
+    key: str = "item_id",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    min_items: int = 10,
+) -> PromotionDecision:
+    """:func:`promotion_decision` on the two models' per-item ``score`` (None: no champion)."""
+    champion = None if champion_items is None else gate_scores(champion_items, score, key)
+    decision = promotion_decision(
+        gate_scores(challenger_items, score, key),
+        champion,
+        n_resamples=n_resamples,
+        seed=seed,
+        alpha=alpha,
+        min_items=min_items,
+    )
+    return PromotionDecision(
+        decision.promote, f"{decision.reason} on {score!r}", decision.statistics
     )

@@ -2,12 +2,13 @@
 
 trl's SFTTrainer on conversational prompt-completion rows: the chat template renders the prompt
 as the user turn and the completion (decision-first: the decision line, then the reasoning steps;
-``completion_lines`` may keep the decision line only) as the assistant turn, and with ``completion_only_loss`` only the assistant tokens are scored, so the model learns
-to answer rather than to echo market prompts.
+``completion_lines`` may keep the decision line only) as the assistant turn, and with
+``completion_only_loss`` only the assistant tokens are scored, so the model learns to answer
+rather than to echo market prompts.
 
-After training: eval loss, and decision accuracy of greedy generations on up to
-``eval_generate_samples`` evaluation prompts (the last line's buy/sell/hold against the
-reference's).
+After training: eval loss, and on up to ``eval_generate_samples`` evaluation rows the likelihood
+scorer's accuracy, log p(target) and Brier against the reference's decision, and the share of
+greedy generations that open with a decision line (``training.scoring.decision_scores``).
 
 Options of the CPU recipe: ``lora`` (peft adapters, merged into the weights before saving) and
 ``balance_actions`` (oversample the rarer actions of the 'action' column).
@@ -20,7 +21,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from training import common, cpu_head, data, evaluate, models
+from training import common, cpu_head, data, models, scoring
 from training.config import SFTStageConfig
 
 
@@ -80,7 +81,7 @@ def train_sft(
         trained = common.evaluation_model(
             trainer, cfg, folder, AutoModelForCausalLM.from_pretrained
         )
-        scores = evaluate.decision_accuracy(
+        scores = scoring.decision_scores(
             trained,
             tokenizer,
             rows["prompt"],

@@ -3,10 +3,10 @@
 Each has a signal a tiny model can learn in a few dozen steps, so a test (or the GPU smoke run)
 can tell "training works" from "training runs":
 
-    sft  the prompt says the signal is up or down; the completion restates it and ends in
-         'buy ...' or 'sell ...'
+    sft  the prompt says the signal is up or down; the completion opens with the decision
+         ('buy ...' or 'sell ...', decision-first as the marts' completions) and restates it
     dpo  the prompt says risk is high or low; chosen holds when risk is high and buys when it is
-         low, rejected does the opposite
+         low, rejected does the opposite (decision-first too)
     prm  reasoning traces of 3-5 steps; a perturbed trace has one faulty step that contains the
          marker 'MISREAD' and is labelled false (faulty_step_index counts from 1, as in the marts)
 
@@ -52,7 +52,7 @@ def sft_frame(n: int = 200, seed: int = 0, context_lines: int = 0) -> pd.DataFra
         up = rng.random() < 0.5
         signal = "up" if up else "down"
         prompt = f"{symbol} {ts[:10]}: signal {signal}.{_filler(rng, context_lines)}"
-        completion = f"Signal {signal}.\n{'buy' if up else 'sell'} 0.5000 of capital"
+        completion = f"{'buy' if up else 'sell'} 0.5000 of capital\nSignal {signal}."
         rows.append(
             {
                 "prompt": prompt,
@@ -76,7 +76,7 @@ def dpo_frame(n: int = 200, seed: int = 0, context_lines: int = 0) -> pd.DataFra
         high = rng.random() < 0.5
         risk = "high" if high else "low"
         prompt = f"{symbol} {ts[:10]}: risk {risk}.{_filler(rng, context_lines)}"
-        hold, buy = f"Risk {risk}.\nhold: no trade", f"Risk {risk}.\nbuy 0.5000 of capital"
+        hold, buy = f"hold: no trade\nRisk {risk}.", f"buy 0.5000 of capital\nRisk {risk}."
         chosen, rejected = (hold, buy) if high else (buy, hold)
         rows.append(
             {

@@ -17,6 +17,11 @@ fct_decision_episodes and the datasets in the warehouse. Here:
   root, ``datasets/<name>/<split>.parquet``, written atomically, with row counts and SHA-256
   digests as metadata and in ``datasets/<name>/manifest.json``. The files load with
   ``datasets.load_dataset("parquet", data_files={split: path, ...})``.
+- **Learnability** (blocking, on the SFT and DPO exports): the decision the dataset teaches
+  (ds_sft's ``action``, ds_dpo's ``chosen_action``) must be predictable from the prompt: the
+  probe beats train-majority on the validation split by a margin with a bootstrap lower bound
+  above 0 (``training.learnability``), else the export is flagged before any training runs on
+  it. Too few rows to judge is a warning, not a block.
 
 The functions take a DuckDB connection (tests call them directly); the Dagster definitions at
 the end wrap them.
@@ -728,6 +733,29 @@ def export_dataset(con: duckdb.DuckDBPyConnection, storage: Storage, name: str) 
     return manifest
 
 
+# ---------------------------------------------------------------- learnability
+
+# The decision each export teaches, which its prompts must predict.
+LEARNABILITY_TARGETS = {"sft": "action", "dpo": "chosen_action"}
+
+
+def dataset_learnability(storage: Storage, name: str, **kwargs: Any) -> Any:
+    """``training.learnability.learnability_check`` of an export's train and validation files
+    (the prompt against :data:`LEARNABILITY_TARGETS`); keyword arguments go to the check."""
+    from training.learnability import LearnabilityResult, learnability_check
+
+    column = LEARNABILITY_TARGETS[name]
+    frames = {}
+    for split in ("train", "validation"):
+        rel = dataset_path(name, split)
+        if not storage.exists(rel):
+            return LearnabilityResult(False, f"no {split} split exported", {"split": split})
+        with storage.local_copy(rel) as local:
+            frame = pd.read_parquet(local, columns=["prompt", column])
+        frames[split] = frame.rename(columns={column: "target"})
+    return learnability_check(frames["train"], frames["validation"], **kwargs)
+
+
 # ---------------------------------------------------------------- Dagster definitions
 
 # Bump when the export's layout or content rules change (the UI then marks exports stale).
@@ -850,6 +878,34 @@ def _dataset_files_asset(name: str, condition: dg.AutomationCondition) -> dg.Ass
     return _asset
 
 
+def _learnability_check(name: str) -> dg.AssetChecksDefinition:
+    model = DATASETS[name]
+
+    @dg.asset_check(
+        asset=dg.AssetKey(f"{model}_files"),
+        name="learnable",
+        blocking=True,
+        description=(
+            f"Can a model learn {model}'s decision ({LEARNABILITY_TARGETS[name]}) from its "
+            "prompts? A logistic-regression probe on the prompts' numbers must beat "
+            "train-majority accuracy on the validation split by a margin, with the paired "
+            "bootstrap's lower bound above 0 (training.learnability). Blocking: training does "
+            "not start on a dataset that fails; too few rows to judge only warns."
+        ),
+    )
+    def _check(storage: StorageResource) -> dg.AssetCheckResult:
+        result = dataset_learnability(storage.get(), name)
+        judged = "ci_low" in result.metadata
+        metadata = {k: v for k, v in result.metadata.items() if v is not None}
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR if judged else dg.AssetCheckSeverity.WARN,
+            metadata={"reason": result.reason, **metadata},
+        )
+
+    return _check
+
+
 # The exports follow the marts as the marts follow the monthly models (assets.core.automation).
 dataset_files = [
     _dataset_files_asset(name, follow_upstream_unpartitioned(UNPARTITIONED_ASSETS))
@@ -860,4 +916,5 @@ dataset_checks = [
     point_in_time_check,
     expert_agreement_check,
     *(_contract_check(model) for model in DATASETS.values()),
+    *(learnability_checks := [_learnability_check(name) for name in LEARNABILITY_TARGETS]),
 ]

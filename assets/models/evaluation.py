@@ -1,79 +1,58 @@
-"""Model evaluation and the champion/challenger gate.
+"""Model evaluation and the champion/challenger gate (Dagster and MLflow around
+``training.report``).
 
-Core (plain functions, no Dagster): :func:`evaluate_checkpoints` loads a decision (DPO) checkpoint
-and a PRM checkpoint and measures them on the test split, with the model calls of
-``training/evaluate.py`` / ``training/prm.py`` and the metrics of ``training/evaluation.py`` /
-``training/backtest.py``:
+``model_evaluation`` loads the latest DPO (decision) and PRM checkpoints and runs
+:func:`training.report.evaluate_checkpoints` on the test split:
 
-- **decisions**: greedy generation on up to ``max_prompts`` test decision points (a deterministic
-  sample: the points first in ``md5(item_id|seed)`` order), accuracy against the ex-ante best
-  action, share of well-formed traces, action distribution;
-- **preferences**: on the ``ds_dpo`` test pairs, the share where the chosen completion scores
-  higher and the mean margin. The score is DPO's implicit reward ``beta * (log p - log p_ref)``
-  when the reference (the SFT checkpoint named in the DPO checkpoint's config) is at hand, else
-  the plain summed log-probability;
-- **PRM**: on the ``ds_prm`` test traces, step ROC AUC, F1 (correct and faulty class), and the
-  faulty-step-found rate of perturbed traces against its chance level;
-- **backtest** of the decision model's actions on the same decision points against ``hold``,
-  ``random`` and every reference policy (return, Sharpe, drawdown: ``training.backtest``).
+- **decisions**, every test decision point: the likelihood scorer's p(buy / sell / hold) (one
+  forward pass per item, ``training.scoring``), log p(target), Brier, argmax accuracy against
+  the ex-ante best action;
+- **baselines table** on the same items with the same metrics: the untrained base model,
+  train-majority, always buy / sell / hold, random, every reference policy and the probe
+  (``training.baselines``), each with the paired bootstrap of the model's log p(target) against
+  it; shown as Markdown in the metadata and logged to the MLflow run (table + metrics);
+- **format**: share of greedy generations that open with a decision line on a sample, with a
+  token budget that fits the longest completion of the data;
+- **preferences** on the ``ds_dpo`` test pairs (DPO's implicit reward against the SFT reference
+  when at hand), **PRM** step metrics per kind next to the kind-only and exact-check
+  baselines (step kinds and exact checks from fct_step_labels), and a **backtest**.
 
-The per-item frame (one row per decision point: item id, prompt, target, realized counterfactual
-rewards, completion, action, size, ``correct`` 0/1, ``reward``) is kept so that a gate can pair
-two models on the same items.
-
-The gate (:func:`gate_decision`, used by the blocking check ``beats_champion``): per-item scores
-of the challenger and of the champion on the *same* decision points go into
-``training.promotion.promotion_decision`` (paired bootstrap; promote only if the lower bound of the
-95% interval of the mean difference is above 0). The score is :data:`DEFAULT_GATE_SCORE`,
-``correct``: whether the model's action equals the ex-ante best action of the counterfactual
-environment (an unparseable completion is wrong). That is the design's notion of decision quality
-(ex-ante, not realized PnL: the realized reward of one decision is mostly luck, which would make
-the gate noisy); ``reward`` (realized reward of the chosen action, size-scaled) can be chosen in
-the asset's config instead. Decision points without an ex-ante target are left out of the
-``correct`` comparison.
-
-Dagster (at the end): asset ``model_evaluation``, blocking check ``beats_champion`` and asset
-``champion_model`` (moves the registry alias ``champion``), exported as :data:`evaluation_assets`
-and :data:`evaluation_checks`.
+The gate (blocking check ``beats_champion``): the challenger's and the champion's per-item
+scores on the *same* decision points, by default ``logp_target`` (continuous: only identical
+forecasts tie), go into ``training.promotion.gate_decision`` (paired bootstrap; promote only if
+the lower bound of the 95% interval of the mean difference is above 0). ``champion_model`` then
+moves the registry alias ``champion``. Exported as :data:`evaluation_assets` and
+:data:`evaluation_checks`.
 """
 
 import contextlib
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
-from training.backtest import SUMMARY_COLUMNS, backtest, model_rewards
+from training.baselines import table_markdown
 from training.checkpoint import code_digest as training_code_version
-from training.evaluation import (
-    DecisionMetrics,
-    PreferenceMetrics,
-    PrmMetrics,
-    decision_metrics,
-    preference_metrics,
-    prm_metrics,
-)
-from training.promotion import PromotionDecision, promotion_decision
+from training.promotion import DEFAULT_GATE_SCORE, GATE_SCORES, gate_decision
+from training.report import EvaluationReport, evaluate_checkpoints, score_checkpoint_items
 
 OWNERS = ["team:research-data"]
 GROUP = "training"
 DPO_REGISTERED_MODEL = "decision-data-dpo"
 PRM_REGISTERED_MODEL = "decision-data-prm"
 CHAMPION_ALIAS = "champion"
-GATE_SCORES = ("correct", "reward")
-DEFAULT_GATE_SCORE = "correct"
 EVALUATIONS_PREFIX = "evaluations"
 # Files written under evaluations/<dagster run id>/.
 ITEMS_FILE = "decision_items.parquet"
+BASELINES_FILE = "baselines.parquet"
+PRM_BASELINES_FILE = "prm_baselines.parquet"
 BACKTEST_FILE = "backtest.parquet"
 PREFERENCE_FILE = "preference_items.parquet"
 PRM_FILE = "prm_items.parquet"
@@ -92,482 +71,20 @@ EPISODE_COLUMNS = (
     "bar_interval",
     "decision_ts",
     "prompt",
+    "completion",
     "policy_id",
     "policy_version",
     "action",
     "size",
     "split",
     "is_mature",
+    "target_action",
     "best_action_ex_ante",
     "cf_reward_buy",
     "cf_reward_sell",
     "cf_reward_hold",
 )
-POINT_COLUMNS = (
-    "item_id",
-    "prompt",
-    "best_action_ex_ante",
-    "symbol",
-    "decision_ts",
-    "date",
-    "cf_reward_buy",
-    "cf_reward_sell",
-    "cf_reward_hold",
-)
-ITEM_COLUMNS = (
-    "item_id",
-    "prompt",
-    "target",
-    "symbol",
-    "decision_ts",
-    "cf_reward_buy",
-    "cf_reward_sell",
-    "cf_reward_hold",
-    "completion",
-    "action",
-    "size",
-    "n_steps",
-    "well_formed",
-    "correct",
-    "reward",
-)
-# Headline backtest metrics (per strategy model / hold / random) copied into the flat metrics.
-BACKTEST_HEADLINE = ("total_return", "mean_reward", "sharpe", "max_drawdown", "hit_rate")
-
-
-# ---------------------------------------------------------------- sampling and points
-
-
-def _hash_order(keys: Sequence[str], seed: int) -> list[int]:
-    """Indices of ``keys`` sorted by md5(key|seed), ties by key: a seeded, stable order that does
-    not depend on the rows' order."""
-    digests = [hashlib.md5(f"{k}|{seed}".encode()).hexdigest() for k in keys]
-    return sorted(range(len(keys)), key=lambda i: (digests[i], keys[i]))
-
-
-def sample_rows(frame: pd.DataFrame, key: str, limit: int | None, seed: int) -> pd.DataFrame:
-    """At most ``limit`` rows (all when None), the first in md5(key|seed) order, in the frame's
-    own order."""
-    if limit is None or len(frame) <= limit:
-        return frame
-    keys = frame[key].astype(str).tolist()
-    keep = sorted(_hash_order(keys, seed)[: max(int(limit), 0)])
-    return frame.iloc[keep]
-
-
-def _on_split(frame: pd.DataFrame, split: str | None) -> pd.DataFrame:
-    if split is None or "split" not in frame.columns:
-        return frame
-    return frame[frame["split"] == split]
-
-
-def _mature(frame: pd.DataFrame) -> pd.DataFrame:
-    if "is_mature" in frame.columns:
-        frame = frame[frame["is_mature"].fillna(False).astype(bool)]
-    return frame.dropna(subset=["cf_reward_buy", "cf_reward_sell"])
-
-
-def item_id_of(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode()).hexdigest()[:24]
-
-
-def decision_test_points(
-    episodes: pd.DataFrame,
-    *,
-    max_prompts: int | None = None,
-    seed: int = 0,
-    split: str | None = "test",
-) -> pd.DataFrame:
-    """The decision points to evaluate: one row per unique prompt of the split's mature episodes
-    with realized counterfactual rewards (the points the backtest can price), at most
-    ``max_prompts`` of them (the first in md5(item_id|seed) order). Columns :data:`POINT_COLUMNS`;
-    ``item_id`` is the episode's ``decision_point_id`` where present, else a hash of the prompt.
-    Sorted by decision_ts, symbol, item_id."""
-    rows = _mature(_on_split(episodes, split))
-    points = rows.drop_duplicates("prompt").copy()
-    if "decision_point_id" in points.columns:
-        ids = points["decision_point_id"].astype(object)
-        fallback = points["prompt"].map(item_id_of)
-        points["item_id"] = ids.where(ids.notna(), fallback).astype(str)
-    else:
-        points["item_id"] = points["prompt"].map(item_id_of)
-    if "best_action_ex_ante" not in points.columns:
-        points["best_action_ex_ante"] = None
-    points["cf_reward_hold"] = (
-        points["cf_reward_hold"].fillna(0.0) if "cf_reward_hold" in points.columns else 0.0
-    )
-    points = sample_rows(points, "item_id", max_prompts, seed)
-    points["date"] = pd.to_datetime(points["decision_ts"], utc=True).dt.floor("D")
-    points = points.sort_values(["decision_ts", "symbol", "item_id"], kind="stable")
-    return points[list(POINT_COLUMNS)].reset_index(drop=True)
-
-
-def items_digest(points: pd.DataFrame, settings: Mapping[str, Any] | None = None) -> str:
-    """SHA-256 of what a model's per-item scores depend on besides the model: the items (id,
-    prompt, target, realized rewards) in item order and the generation settings. Two evaluations
-    with the same digest scored the same model the same way."""
-    frame = points.sort_values("item_id", kind="stable")
-    payload = {
-        "items": [
-            [
-                str(row.item_id),
-                str(row.prompt),
-                row.best_action_ex_ante if isinstance(row.best_action_ex_ante, str) else None,
-                *(round(float(getattr(row, c)), 12) for c in ("cf_reward_buy", "cf_reward_sell")),
-                round(float(row.cf_reward_hold), 12),
-            ]
-            for row in frame.itertuples(index=False)
-        ],
-        "settings": dict(sorted((settings or {}).items())),
-    }
-    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def score_decision_points(
-    points: pd.DataFrame,
-    generate: Callable[[list[str]], list[str]],
-    *,
-    batch_size: int | None = None,
-) -> tuple[DecisionMetrics, pd.DataFrame]:
-    """Generate a decision at every point and score it: (metrics, items). ``items`` has
-    :data:`ITEM_COLUMNS`, one row per point in the points' order: ``correct`` (1.0 / 0.0, NaN
-    without a target) and ``reward`` (the realized reward of the chosen action and size; an
-    unparseable completion is a hold, reward 0)."""
-    metrics = decision_metrics(points, generate, split=None, batch_size=batch_size)
-    decided = metrics.items
-    priced = model_rewards(points, decided[["prompt", "action", "size"]], key="prompt")
-    items = points.merge(
-        decided[["prompt", "completion", "n_steps", "well_formed", "correct"]],
-        on="prompt",
-        how="left",
-        validate="one_to_one",
-    )
-    items = items.merge(
-        decided[["prompt", "action", "size"]], on="prompt", how="left", validate="one_to_one"
-    )
-    items["reward"] = items["prompt"].map(priced.set_index("prompt")["reward"]).astype(float)
-    items = items.rename(columns={"best_action_ex_ante": "target"})
-    return metrics, items[list(ITEM_COLUMNS)].reset_index(drop=True)
-
-
-def gate_scores(items: pd.DataFrame, score: str = DEFAULT_GATE_SCORE) -> dict[str, float]:
-    """Per-item scores for the gate: item id → ``correct`` (items with a target only) or
-    ``reward``."""
-    if score not in GATE_SCORES:
-        raise ValueError(f"gate score {score!r}: expected one of {GATE_SCORES}")
-    values = items[["item_id", score]].dropna(subset=[score])
-    return {str(k): float(v) for k, v in zip(values["item_id"], values[score], strict=True)}
-
-
-def gate_decision(
-    challenger_items: pd.DataFrame,
-    champion_items: pd.DataFrame | None,
-    *,
-    score: str = DEFAULT_GATE_SCORE,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    min_items: int = 10,
-) -> PromotionDecision:
-    """``promotion_decision`` on the two models' per-item ``score`` (None: no champion yet)."""
-    champion = None if champion_items is None else gate_scores(champion_items, score)
-    return promotion_decision(
-        gate_scores(challenger_items, score),
-        champion,
-        n_resamples=n_resamples,
-        seed=seed,
-        alpha=alpha,
-        min_items=min_items,
-    )
-
-
-# ---------------------------------------------------------------- the report
-
-
-@dataclass
-class EvaluationReport:
-    """Everything one evaluation measured.
-
-    metrics: flat floats (``decision_*``, ``preference_*``, ``prm_*``, ``backtest_<strategy>_*``
-        for model / hold / random), ready for MLflow and Dagster metadata.
-    items: per decision point (:data:`ITEM_COLUMNS`), what the gate pairs.
-    backtest: one row per strategy (``training.backtest.SUMMARY_COLUMNS``).
-    digest: :func:`items_digest` of the decision points and generation settings.
-    settings: the sampling and generation settings used.
-    """
-
-    metrics: dict[str, float]
-    items: pd.DataFrame = field(repr=False)
-    backtest: pd.DataFrame = field(repr=False)
-    decision: DecisionMetrics = field(repr=False)
-    preference: PreferenceMetrics | None = field(default=None, repr=False)
-    prm: PrmMetrics | None = field(default=None, repr=False)
-    digest: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def backtest_markdown(self, digits: int = 4) -> str:
-        return backtest_markdown(self.backtest, digits)
-
-
-def backtest_markdown(table: pd.DataFrame, digits: int = 4) -> str:
-    """The backtest table as a Markdown table (no tabulate dependency)."""
-    columns = [c for c in SUMMARY_COLUMNS if c in table.columns]
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float | np.floating):
-            if math.isnan(value):
-                return "nan"
-            return str(int(value)) if float(value).is_integer() else f"{value:.{digits}f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table[columns].itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _backtest_headline(table: pd.DataFrame) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for row in table.to_dict("records"):
-        if row["strategy"] not in ("model", "hold", "random"):
-            continue
-        for metric in BACKTEST_HEADLINE:
-            out[f"backtest_{row['strategy']}_{metric}"] = float(row[metric])
-    return out
-
-
-def evaluate_callables(
-    episodes: pd.DataFrame,
-    pairs: pd.DataFrame | None,
-    traces: pd.DataFrame | None,
-    *,
-    generate: Callable[[list[str]], list[str]],
-    logp: Callable[[list[str], list[str]], list[float]] | None = None,
-    ref_logp: Callable[[list[str], list[str]], list[float]] | None = None,
-    beta: float | None = None,
-    score_traces: Callable[[list[str], list[list[str]]], list[list[float]]] | None = None,
-    max_prompts: int | None = 200,
-    max_pairs: int | None = None,
-    max_traces: int | None = None,
-    seed: int = 0,
-    split: str | None = "test",
-    periods_per_year: float = 252.0,
-    settings: Mapping[str, Any] | None = None,
-) -> EvaluationReport:
-    """:func:`evaluate_checkpoints` with the models as plain callables (fakes in tests).
-
-    ``score_traces(prompts, traces)`` scores a batch of traces (one list of step scores each);
-    preferences are skipped without ``logp`` or pairs, PRM metrics without ``score_traces`` or
-    traces.
-    """
-    points = decision_test_points(episodes, max_prompts=max_prompts, seed=seed, split=split)
-    decision, items = score_decision_points(points, generate)
-    metrics = {f"decision_{k}": v for k, v in decision.as_dict().items()}
-    metrics["decision_mean_reward"] = float(items["reward"].mean()) if len(items) else math.nan
-    metrics["decision_points_total"] = float(
-        _mature(_on_split(episodes, split))["prompt"].nunique()
-    )
-
-    sampled = _on_split(episodes, split)
-    sampled = sampled[sampled["prompt"].isin(points["prompt"])]
-    table = backtest(
-        sampled,
-        items[["prompt", "action", "size"]],
-        split=None,
-        seed=seed,
-        periods_per_year=periods_per_year,
-    )
-    metrics.update(_backtest_headline(table))
-
-    preference = None
-    if logp is not None and pairs is not None:
-        rows = sample_rows(_on_split(pairs, split), "prompt", max_pairs, seed)
-        rows = rows.reset_index(drop=True)
-        preference = preference_metrics(rows, logp, beta=beta, ref_logp=ref_logp, split=None)
-        metrics.update(preference.as_dict("preference_"))
-        metrics["preference_implicit_reward"] = float(ref_logp is not None)
-
-    prm = None
-    if score_traces is not None and traces is not None:
-        key = "trace_id" if "trace_id" in traces.columns else "prompt"
-        rows = sample_rows(_on_split(traces, split), key, max_traces, seed)
-        rows = rows.reset_index(drop=True)
-        scored = score_traces(
-            [str(p) for p in rows["prompt"]], [[str(s) for s in c] for c in rows["completions"]]
-        )
-        queue: Iterator[list[float]] = iter(scored)
-        prm = prm_metrics(rows, lambda _prompt, _steps: next(queue), split=None)
-        metrics.update(prm.as_dict("prm_"))
-        metrics["prm_faulty_step_lift"] = prm.faulty_step_found - prm.faulty_step_chance
-
-    run_settings = {"max_prompts": max_prompts, "seed": seed, **(settings or {})}
-    return EvaluationReport(
-        metrics=metrics,
-        items=items,
-        backtest=table,
-        decision=decision,
-        preference=preference,
-        prm=prm,
-        digest=items_digest(points, settings),
-        settings=run_settings,
-    )
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _system_prompt(config: Mapping[str, Any]) -> str | None:
-    data = config.get("data") or {}
-    return data.get("system_prompt") if isinstance(data, Mapping) else None
-
-
-def decision_generator(
-    model: Any, tokenizer: Any, config: Mapping[str, Any], *, max_new_tokens: int, batch_size: int
-) -> Callable[[list[str]], list[str]]:
-    from training import evaluate
-
-    system = _system_prompt(config)
-
-    def generate(prompts: list[str]) -> list[str]:
-        return evaluate.generate(
-            model,
-            tokenizer,
-            prompts,
-            system=system,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
-
-    return generate
-
-
-def score_checkpoint_decisions(
-    checkpoint_dir: str | Path,
-    points: pd.DataFrame,
-    *,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
-    device: str | None = None,
-) -> pd.DataFrame:
-    """Per-item decision scores of a checkpoint on given points (e.g. the champion on the
-    challenger's items: pass the challenger's items frame, its ``target`` is the ex-ante best
-    action)."""
-    from training.checkpoint import load_checkpoint
-
-    if "best_action_ex_ante" not in points.columns and "target" in points.columns:
-        points = points.rename(columns={"target": "best_action_ex_ante"})
-    if "date" not in points.columns:
-        points = points.assign(date=pd.to_datetime(points["decision_ts"], utc=True).dt.floor("D"))
-    points = points[list(POINT_COLUMNS)]
-    model, tokenizer, config = load_checkpoint(checkpoint_dir, device=device or default_device())
-    generate = decision_generator(
-        model, tokenizer, config, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    return score_decision_points(points, generate)[1]
-
-
-def evaluate_checkpoints(
-    decision_checkpoint: str | Path,
-    prm_checkpoint: str | Path | None,
-    episodes: pd.DataFrame,
-    pairs: pd.DataFrame | None,
-    traces: pd.DataFrame | None,
-    *,
-    max_prompts: int | None = 200,
-    seed: int = 0,
-    max_pairs: int | None = None,
-    max_traces: int | None = None,
-    reference_checkpoint: str | Path | None = None,
-    use_reference: bool = True,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
-    device: str | None = None,
-    periods_per_year: float = 252.0,
-) -> EvaluationReport:
-    """Evaluate a decision (DPO or SFT) checkpoint and a PRM checkpoint on the test split.
-
-    episodes: ``fct_decision_episodes`` rows (the test split is picked by ``split``); pairs:
-    ``ds_dpo`` rows; traces: ``ds_prm`` rows (None skips them). Decision points: up to
-    ``max_prompts`` (deterministic sample, :func:`decision_test_points`); pairs and traces: up to
-    ``max_pairs`` / ``max_traces`` (None: all). The preference score is DPO's implicit reward
-    against ``reference_checkpoint`` (default: the ``sft_checkpoint`` in the decision
-    checkpoint's training config, when that folder exists; ``use_reference=False``: plain
-    log-probabilities).
-    """
-    from training import evaluate, prm
-    from training.checkpoint import load_checkpoint
-
-    device = device or default_device()
-    model, tokenizer, config = load_checkpoint(decision_checkpoint, device=device)
-    system = _system_prompt(config)
-    generate = decision_generator(
-        model, tokenizer, config, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-
-    def logp(prompts: list[str], completions: list[str]) -> list[float]:
-        return evaluate.completion_logprobs(
-            model, tokenizer, prompts, completions, system=system, batch_size=batch_size
-        )
-
-    ref_logp, beta = None, None
-    if use_reference:
-        if reference_checkpoint is None:
-            candidate = config.get("sft_checkpoint")
-            if candidate and Path(candidate).is_dir():
-                reference_checkpoint = candidate
-        if reference_checkpoint is not None:
-            ref_model, ref_tokenizer, _ = load_checkpoint(reference_checkpoint, device=device)
-            beta = float(config.get("beta") or 0.1)
-
-            def ref_logp(prompts: list[str], completions: list[str]) -> list[float]:
-                return evaluate.completion_logprobs(
-                    ref_model,
-                    ref_tokenizer,
-                    prompts,
-                    completions,
-                    system=system,
-                    batch_size=batch_size,
-                )
-
-    score_traces = None
-    if prm_checkpoint is not None:
-        prm_model, prm_tokenizer, prm_config = load_checkpoint(prm_checkpoint, device=device)
-
-        def score_traces(prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
-            return prm.score_traces(
-                prm_model,
-                prm_tokenizer,
-                prompts,
-                steps,
-                system=_system_prompt(prm_config),
-                batch_size=batch_size,
-            )
-
-    return evaluate_callables(
-        episodes,
-        pairs,
-        traces,
-        generate=generate,
-        logp=logp,
-        ref_logp=ref_logp,
-        beta=beta,
-        score_traces=score_traces,
-        max_prompts=max_prompts,
-        max_pairs=max_pairs,
-        max_traces=max_traces,
-        seed=seed,
-        periods_per_year=periods_per_year,
-        settings={"max_new_tokens": max_new_tokens},
-    )
+EVALUATED_SPLITS = ("train", "validation", "test")
 
 
 # ---------------------------------------------------------------- registry helpers (MLflow)
@@ -640,11 +157,12 @@ def champion_gate(
 
     ``evaluation`` is the ``model_evaluation`` metadata (plain values): ``dpo_model_name``,
     ``dpo_model_version``, ``items_path`` (relative to the storage root), ``items_digest``,
-    ``gate_score``, ``seed``, ``max_new_tokens``, ``batch_size``. The champion's per-item scores
-    are its stored ones when its version's tag ``evaluation_items_digest`` equals the
-    challenger's digest (same items, same generation settings) and the file exists; else its
-    checkpoint is fetched from the registry and scored on the challenger's items
-    (``score_champion(checkpoint_dir, items)``, default :func:`score_checkpoint_decisions`).
+    ``gate_score``, ``seed``, ``batch_size``. The champion's per-item scores are its stored
+    ones when its version's tag ``evaluation_items_digest`` equals the challenger's digest (same
+    items, same scorer) and the file exists with the gate's score; else its checkpoint is
+    fetched from the registry and scored on the challenger's items
+    (``score_champion(checkpoint_dir, items)``, default
+    :func:`training.report.score_checkpoint_items`, the likelihood scorer).
     """
     name = str(evaluation["dpo_model_name"])
     challenger = str(evaluation["dpo_model_version"])
@@ -665,15 +183,14 @@ def champion_gate(
     champion_items, how = None, "evaluated"
     if stored and tags.get(TAG_DIGEST) == evaluation.get("items_digest") and storage.exists(stored):
         champion_items, how = read_parquet(storage, stored), "reused"
+        if score not in champion_items.columns:  # stored by an older evaluation
+            champion_items, how = None, "evaluated"
     if champion_items is None:
         if score_champion is None:
 
             def score_champion(folder: Path, items: pd.DataFrame) -> pd.DataFrame:
-                return score_checkpoint_decisions(
-                    folder,
-                    items,
-                    max_new_tokens=int(evaluation.get("max_new_tokens") or 96),
-                    batch_size=int(evaluation.get("batch_size") or 8),
+                return score_checkpoint_items(
+                    folder, items, batch_size=int(evaluation.get("batch_size") or 8)
                 )
 
         with contextlib.ExitStack() as stack:
@@ -693,7 +210,7 @@ def champion_gate(
         alpha=alpha,
         min_items=min_items,
     )
-    reason = f"v{challenger} vs {CHAMPION_ALIAS} v{current.version} on '{score}': {decision.reason}"
+    reason = f"v{challenger} vs {CHAMPION_ALIAS} v{current.version}: {decision.reason}"
     return GateOutcome(
         decision.promote,
         reason,
@@ -750,9 +267,11 @@ def read_dataset_split(storage: Any, name: str, split: str = "test") -> pd.DataF
     return read_parquet(storage, rel)
 
 
-def read_test_episodes(warehouse_path: str | Path, split: str = "test") -> pd.DataFrame:
-    """The split's rows of fct_decision_episodes (the columns of :data:`EPISODE_COLUMNS` that
-    exist), read-only. A warehouse locked by a writer is retried for up to a minute."""
+def _read_warehouse(
+    warehouse_path: str | Path, read: Callable[[Any], pd.DataFrame]
+) -> pd.DataFrame:
+    """``read(con)`` on a read-only connection; a warehouse locked by a writer is retried for up
+    to a minute."""
     import duckdb
 
     from assets.episodes.datasets import warehouse_connection
@@ -761,21 +280,57 @@ def read_test_episodes(warehouse_path: str | Path, split: str = "test") -> pd.Da
     while True:
         try:
             with warehouse_connection(warehouse_path) as con:
-                present = {
-                    row[0]
-                    for row in con.execute(
-                        "select column_name from information_schema.columns"
-                        " where table_name = 'fct_decision_episodes'"
-                    ).fetchall()
-                }
-                columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
-                return con.execute(
-                    f"select {columns} from fct_decision_episodes where split = ?", [split]
-                ).df()
+                return read(con)
         except duckdb.IOException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2.0)
+
+
+def read_episodes(
+    warehouse_path: str | Path, splits: Sequence[str] = EVALUATED_SPLITS
+) -> pd.DataFrame:
+    """The rows of fct_decision_episodes in ``splits`` (the columns of :data:`EPISODE_COLUMNS`
+    that exist), read-only: the test split is evaluated, train and validation fit the
+    train-majority forecast and the probe."""
+
+    def read(con: Any) -> pd.DataFrame:
+        present = {
+            row[0]
+            for row in con.execute(
+                "select column_name from information_schema.columns"
+                " where table_name = 'fct_decision_episodes'"
+            ).fetchall()
+        }
+        columns = ", ".join(c for c in EPISODE_COLUMNS if c in present)
+        return con.execute(
+            f"select {columns} from fct_decision_episodes where split in"
+            f" ({', '.join('?' for _ in splits)})",
+            list(splits),
+        ).df()
+
+    return _read_warehouse(warehouse_path, read)
+
+
+def read_step_info(warehouse_path: str | Path, trace_ids: Sequence[str]) -> pd.DataFrame:
+    """trace_id, step_index, kind, verified of fct_step_labels for the given traces (empty
+    when the warehouse has no such table)."""
+    wanted = pd.DataFrame({"trace_id": [str(t) for t in trace_ids]}).drop_duplicates()
+
+    def read(con: Any) -> pd.DataFrame:
+        tables = {
+            row[0]
+            for row in con.execute("select table_name from information_schema.tables").fetchall()
+        }
+        if "fct_step_labels" not in tables:
+            return pd.DataFrame(columns=["trace_id", "step_index", "kind", "verified"])
+        con.register("wanted_traces", wanted)
+        return con.execute(
+            "select s.trace_id, s.step_index, s.kind, s.verified from fct_step_labels s"
+            " inner join wanted_traces w on s.trace_id = w.trace_id"
+        ).df()
+
+    return _read_warehouse(warehouse_path, read)
 
 
 def _plain(value: Any) -> Any:
@@ -870,15 +425,16 @@ GATE_CHECK = "beats_champion"
 
 
 class EvaluationConfig(dg.Config):
-    """How model_evaluation samples and generates."""
+    """How model_evaluation scores. Decisions: every test decision point, always."""
 
-    max_prompts: int = 200
-    max_pairs: int | None = 200
-    max_traces: int | None = 200
+    max_format_prompts: int | None = 64  # greedy generations for the format metric (None: all)
+    max_new_tokens: int | None = None  # None: fits the longest completion of the episodes
+    max_pairs: int | None = None  # ds_dpo test pairs (None: all)
+    max_traces: int | None = None  # ds_prm test traces (None: all)
     seed: int = 0
-    max_new_tokens: int = 96
     batch_size: int = 8
     use_reference: bool = True
+    base_model: str | None = None  # None: the checkpoint lineage's base; "": no base row
     gate_score: str = DEFAULT_GATE_SCORE
 
 
@@ -912,11 +468,13 @@ def _checkpoint_dir(info: Mapping[str, Any], tracker: Any, scratch: Path) -> Pat
         dg.AssetKey("fct_decision_episodes"),
     ],
     description=(
-        "The latest DPO (decision) and PRM checkpoints on the test split: decision accuracy vs "
-        "the ex-ante best action, well-formed traces, preference accuracy and margin, PRM step "
-        "AUC / F1 / faulty step found vs chance, and a backtest against hold, random and the "
-        "reference policies. Per-item scores and the backtest under "
-        "evaluations/<run id>/; an MLflow run nested under the DPO training run."
+        "The latest DPO (decision) and PRM checkpoints on the test split: the likelihood "
+        "scorer's log p(target), Brier and accuracy on every test decision point, next to the "
+        "untrained base model, train-majority, always buy / sell / hold, random, every "
+        "reference policy and a probe (baselines table); well-formed generations on a sample; "
+        "preference accuracy and margin; PRM step AUC per kind next to the kind-only and "
+        "exact-check baselines; a backtest. Files under evaluations/<run id>/; an MLflow run "
+        "nested under the DPO training run."
     ),
 )
 def model_evaluation(
@@ -927,16 +485,23 @@ def model_evaluation(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     if config.gate_score not in GATE_SCORES:
-        raise dg.Failure(f"gate_score {config.gate_score!r}: expected one of {GATE_SCORES}")
+        raise dg.Failure(f"gate_score {config.gate_score!r}: expected one of {tuple(GATE_SCORES)}")
     store = storage.get()
     tracker = mlflow.tracker()
     dpo = _model_info(context.instance, "dpo_model")
     prm = _model_info(context.instance, "prm_model")
-    episodes = read_test_episodes(warehouse.path)
+    episodes = read_episodes(warehouse.path)
     pairs = read_dataset_split(store, "dpo")
     traces = read_dataset_split(store, "prm")
-    if episodes.empty:
+    train_traces = read_dataset_split(store, "prm", "train")
+    if not (episodes["split"] == "test").any():
         raise dg.Failure("fct_decision_episodes has no test rows to evaluate on")
+    step_info = None
+    if traces is not None and "trace_id" in traces.columns:
+        ids = list(traces["trace_id"])
+        if train_traces is not None and "trace_id" in train_traces.columns:
+            ids += list(train_traces["trace_id"])
+        step_info = read_step_info(warehouse.path, ids)
 
     import tempfile
 
@@ -951,18 +516,24 @@ def model_evaluation(
             episodes,
             pairs,
             traces,
-            max_prompts=config.max_prompts,
+            base_model=config.base_model,
+            train_traces=train_traces,
+            step_info=step_info,
+            max_format_prompts=config.max_format_prompts,
+            max_new_tokens=config.max_new_tokens,
             max_pairs=config.max_pairs,
             max_traces=config.max_traces,
             seed=config.seed,
             use_reference=config.use_reference,
-            max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
         )
         files = {
             ITEMS_FILE: report.items,
+            BASELINES_FILE: report.baselines,
             BACKTEST_FILE: report.backtest,
         }
+        if report.prm_baselines is not None:
+            files[PRM_BASELINES_FILE] = report.prm_baselines
         if report.preference is not None:
             files[PREFERENCE_FILE] = report.preference.items
         if report.prm is not None:
@@ -985,9 +556,12 @@ def model_evaluation(
             path = scratch / name
             frame.to_parquet(path, index=False)
             local_files.append(path)
-        markdown = scratch / "backtest.md"
-        markdown.write_text(report.backtest_markdown() + "\n")
-        local_files.append(markdown)
+        for name, text in (
+            ("baselines.md", report.markdown()),
+            ("backtest.md", table_markdown(report.backtest)),
+        ):
+            (scratch / name).write_text(text + "\n")
+            local_files.append(scratch / name)
         run_id = log_evaluation_run(
             tracker,
             report,
@@ -999,13 +573,14 @@ def model_evaluation(
 
     context.log.info(
         f"evaluated {dpo.get('model_name')} v{dpo.get('model_version')} and "
-        f"{prm.get('model_name')} v{prm.get('model_version')}: decision accuracy "
-        f"{report.metrics['decision_accuracy']:.3f} on {len(report.items)} points"
+        f"{prm.get('model_name')} v{prm.get('model_version')} on {len(report.items)} test "
+        f"decision points:\n{report.markdown()}"
     )
     metadata: dict[str, Any] = {k: _metadata_value(v) for k, v in report.metrics.items()}
     metadata.update(
         {
-            "backtest": dg.MetadataValue.md(report.backtest_markdown()),
+            "baselines": dg.MetadataValue.md(table_markdown(report.baselines)),
+            "backtest": dg.MetadataValue.md(table_markdown(report.backtest)),
             "dpo_model_name": str(dpo.get("model_name") or DPO_REGISTERED_MODEL),
             "dpo_model_version": str(dpo.get("model_version") or ""),
             "prm_model_name": str(prm.get("model_name") or PRM_REGISTERED_MODEL),
@@ -1018,15 +593,18 @@ def model_evaluation(
             "evaluation_path": dg.MetadataValue.path(store.uri(folder)),
             "items_path": f"{folder}/{ITEMS_FILE}",
             "backtest_path": f"{folder}/{BACKTEST_FILE}",
+            "baselines_path": f"{folder}/{BASELINES_FILE}",
             "items_digest": report.digest,
             "n_items": len(report.items),
             "gate_score": config.gate_score,
             "seed": config.seed,
-            "max_new_tokens": config.max_new_tokens,
             "batch_size": config.batch_size,
+            "base_model": str(report.settings.get("base_model") or ""),
             "files": dg.MetadataValue.json(uris),
         }
     )
+    if report.prm_baselines is not None:
+        metadata["prm_baselines"] = dg.MetadataValue.md(table_markdown(report.prm_baselines))
     return dg.MaterializeResult(metadata=metadata)
 
 

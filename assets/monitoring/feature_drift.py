@@ -360,8 +360,7 @@ class PerformanceConfig(dg.Config):
     """How many newly matured decision points the champion is scored on."""
 
     max_points: int = Field(default=64, description="Newest mature decision points scored.")
-    max_new_tokens: int = Field(default=96, description="Generation budget per decision.")
-    batch_size: int = Field(default=8, description="Generation batch size.")
+    batch_size: int = Field(default=8, description="Scoring batch size.")
     min_points: int = Field(default=20, description="Fewer points: reported, not tested.")
     accuracy_drop: float = Field(
         default=0.10,
@@ -389,8 +388,8 @@ def accuracy_drop_test(
 
 def recent_mature_points(con, since: str, max_points: int) -> pd.DataFrame:
     """The newest mature decision points after ``since`` (one row per prompt), as the
-    evaluation scores them."""
-    from assets.models.evaluation import decision_test_points
+    evaluation scores them: at most ``max_points``, a seeded sample (md5 order of the ids)."""
+    from training.report import decision_items, sample_rows
 
     episodes = con.execute(
         "select * exclude (reasoning_steps, step_labels) from fct_decision_episodes "
@@ -399,7 +398,8 @@ def recent_mature_points(con, since: str, max_points: int) -> pd.DataFrame:
     ).df()
     if episodes.empty:
         return episodes
-    return decision_test_points(episodes, max_prompts=max_points, split=None)
+    points = decision_items(episodes, split=None)
+    return sample_rows(points, "item_id", max_points, seed=0).reset_index(drop=True)
 
 
 @dg.asset(
@@ -432,8 +432,8 @@ def champion_performance(
         champion_version,
         download_checkpoint,
         read_parquet,
-        score_checkpoint_decisions,
     )
+    from training.report import score_checkpoint_items
 
     champion = latest_metadata(context.instance, CHAMPION_KEY)
     name = str(champion.get("dpo_model_name") or "")
@@ -456,9 +456,7 @@ def champion_performance(
         return dg.MaterializeResult(metadata={**base, "skipped_reason": reason})
     with tempfile.TemporaryDirectory(prefix="dd-perf-") as tmp:
         folder = download_checkpoint(version.source, tracker.tracking_uri, tmp)
-        items = score_checkpoint_decisions(
-            folder, points, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
-        )
+        items = score_checkpoint_items(folder, points, batch_size=config.batch_size)
     recent = items["correct"].dropna()
     test_items_path = (version.tags or {}).get(TAG_ITEMS)
     test = pd.Series(dtype=float)

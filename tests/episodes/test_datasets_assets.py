@@ -15,6 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
+import pandas as pd
 import pytest
 from helpers import dbt
 from helpers.bars import regime_bars, write_raw_bars
@@ -301,3 +303,53 @@ def test_readers_wait_for_a_writer_lock(tmp_path):
         con.close()
     finally:
         writer.wait(timeout=30)
+
+
+def _export_rows(n: int, seed: int, shuffle: bool) -> pd.DataFrame:
+    """ds_sft-shaped rows whose action is the sign of a number in the prompt (shuffled: no
+    relation), split 60/40 into train and validation."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n)
+    action = np.where(signal > 0, "buy", "sell")
+    if shuffle:
+        action = rng.permutation(action)
+    return pd.DataFrame(
+        {
+            "prompt": [f"Symbol: X\n- 5-bar log return: {s:+.2f}%" for s in signal],
+            "action": action,
+            "split": np.where(np.arange(n) % 5 < 3, "train", "validation"),
+        }
+    )
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_learnability_check_blocks_training_on_an_unlearnable_export(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    """The blocking 'learnable' check of ds_sft_files: a prompt that predicts the action
+    passes and the downstream asset runs; shuffled actions fail and block it."""
+    rows = _export_rows(400, 0, shuffle)
+
+    @dg.asset(name="ds_sft_files")
+    def export(storage: StorageResource) -> None:
+        for split, frame in rows.groupby("split"):
+            local = tmp_path / f"{split}.parquet"
+            frame.to_parquet(local, index=False)
+            storage.get().commit_file(local, datasets.dataset_path("sft", split))
+
+    @dg.asset(deps=["ds_sft_files"])
+    def sft_model() -> None:
+        return None
+
+    (check,) = [c for c in datasets.learnability_checks if "ds_sft_files" in str(c.check_keys)]
+    result = dg.materialize(
+        [export, sft_model, check],
+        resources={"storage": StorageResource(root=str(tmp_path / "root"))},
+        raise_on_error=False,
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is not shuffle, evaluation.metadata["reason"].value
+    built = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert ("sft_model" in built) is not shuffle
+    assert evaluation.metadata["n_validation"].value == 160
+    assert (evaluation.metadata["ci_low"].value > 0) is not shuffle

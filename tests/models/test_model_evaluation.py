@@ -1,11 +1,12 @@
-"""assets/models/evaluation.py: the evaluation core on tiny checkpoints, the champion gate on constructed
-per-item scores, and the Dagster flow (model_evaluation → blocking beats_champion →
-champion_model) against a real MLflow SQLite registry.
+"""training/report.py (the evaluation core) on fake callables and tiny checkpoints, the gate on
+constructed per-item scores, and the Dagster flow of assets/models/evaluation.py
+(model_evaluation → blocking beats_champion → champion_model) against a real MLflow SQLite
+registry.
 
 The checkpoints are untrained 'tiny' models (random weights, real SmolLM2 tokenizer) saved with
-save_pretrained: they generate no valid decision, so every one of their decision points is an
-invalid decision (a hold, reward 0, correct 0). That is enough to check shapes and ranges, and it
-makes two versions of the same weights score identically (the gate must then block).
+save_pretrained: the likelihood scorer still gives every decision point a probability of each
+action, so shapes, ranges and the baselines table are checked, and two versions of the same
+weights score identically (the gate must then block).
 """
 
 import math
@@ -16,10 +17,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from transformers import AutoTokenizer
 
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.models import evaluation as ev
-from training import synthetic
+from training import report, synthetic
+from training.baselines import table_markdown
+from training.promotion import gate_decision, gate_scores
 
 N_POINTS = 14
 MAX_PROMPTS = 10
@@ -64,10 +68,6 @@ def episodes_frame(n_points: int = N_POINTS, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _test_split(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["split"] == "test"].reset_index(drop=True)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from training.checkpoint import write_metadata
@@ -92,99 +92,73 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---------------------------------------------------------------- the core
 
 
-def test_decision_test_points_sample_is_deterministic() -> None:
+def test_decision_items_are_every_test_point_and_samples_are_deterministic() -> None:
     episodes = episodes_frame()
-    points = ev.decision_test_points(episodes, max_prompts=MAX_PROMPTS, seed=3)
-    assert len(points) == MAX_PROMPTS
-    assert list(points.columns) == list(ev.POINT_COLUMNS)
+    points = report.decision_items(episodes)
+    assert len(points) == N_POINTS and list(points.columns) == list(report.POINT_COLUMNS)
     assert points["item_id"].is_unique
     # the train row and the immature row are never test points
     assert not points["item_id"].isin([f"dp{N_POINTS:03d}", f"dp{N_POINTS + 1:03d}"]).any()
-    shuffled = episodes.sample(frac=1.0, random_state=7)
-    again = ev.decision_test_points(shuffled, max_prompts=MAX_PROMPTS, seed=3)
-    assert again["item_id"].tolist() == points["item_id"].tolist()
-    other = ev.decision_test_points(episodes, max_prompts=MAX_PROMPTS, seed=4)
-    assert set(other["item_id"]) != set(points["item_id"])
-    everything = ev.decision_test_points(episodes, max_prompts=None)
-    assert len(everything) == N_POINTS
-    assert ev.items_digest(points) == ev.items_digest(again)
-    assert ev.items_digest(points) != ev.items_digest(points, {"max_new_tokens": 1})
-
-
-def test_evaluate_callables_scores_items_and_backtest() -> None:
-    """A fake model that always answers the ex-ante best action: accuracy 1, rewards priced."""
-    episodes = _test_split(episodes_frame())
-    best = dict(zip(episodes["prompt"], episodes["best_action_ex_ante"], strict=False))
-    lines = {"buy": "buy 0.5000 of capital", "sell": "sell 0.5000 of capital"}
-
-    def generate(prompts: list[str]) -> list[str]:
-        return [f"obs\n{lines.get(best[p], 'hold: no trade')}" for p in prompts]
-
-    report = ev.evaluate_callables(episodes, None, None, generate=generate, max_prompts=None)
-    assert report.metrics["decision_accuracy"] == 1.0
-    assert report.metrics["decision_well_formed"] == 1.0
-    items = report.items
-    expected = np.select(
-        [items["target"] == "buy", items["target"] == "sell"],
-        [0.5 * items["cf_reward_buy"], 0.5 * items["cf_reward_sell"]],
-        0.0,
-    )
-    np.testing.assert_allclose(items["reward"], expected)
-    model = report.backtest.set_index("strategy").loc["model"]
-    assert model["total_return"] == pytest.approx(expected.sum())
-    assert report.metrics["backtest_model_total_return"] == pytest.approx(expected.sum())
-    assert "preference_accuracy" not in report.metrics and report.prm is None
+    shuffled = report.decision_items(episodes.sample(frac=1.0, random_state=7))
+    assert shuffled["item_id"].tolist() == points["item_id"].tolist()
+    sample = report.sample_rows(points, "item_id", MAX_PROMPTS, seed=3)
+    again = report.sample_rows(shuffled, "item_id", MAX_PROMPTS, seed=3)
+    assert len(sample) == MAX_PROMPTS and set(sample["item_id"]) == set(again["item_id"])
+    other = report.sample_rows(points, "item_id", MAX_PROMPTS, seed=4)
+    assert set(other["item_id"]) != set(sample["item_id"])
+    assert report.items_digest(points) == report.items_digest(shuffled)
+    assert report.items_digest(points) != report.items_digest(points, {"scorer": "other"})
 
 
 def test_evaluate_checkpoints_on_tiny_models(checkpoints: dict[str, Path]) -> None:
-    episodes = _test_split(episodes_frame())
+    episodes = _all_splits()
     pairs = synthetic.dpo_frame(60)
     traces = synthetic.prm_frame(60)
-    report = ev.evaluate_checkpoints(
+    out = report.evaluate_checkpoints(
         checkpoints["dpo"],
         checkpoints["prm"],
         episodes,
         pairs,
-        traces,
-        max_prompts=MAX_PROMPTS,
-        seed=0,
-        max_new_tokens=MAX_NEW_TOKENS,
+        traces[traces["split"] == "test"],
+        base_model="tiny",
+        train_traces=traces[traces["split"] == "train"],
+        max_format_prompts=3,
         device="cpu",
     )
-    m = report.metrics
-    assert m["decision_n"] == MAX_PROMPTS and m["decision_points_total"] == N_POINTS
+    m = out.metrics
+    assert m["decision_points"] == 10 and m["decision_n"] == 10  # every test point
     for key in (
         "decision_accuracy",
-        "decision_well_formed",
-        "decision_parsed",
+        "decision_action_mass",
+        "base_accuracy",
+        "format_well_formed",
         "preference_accuracy",
         "prm_auc",
         "prm_faulty_step_found",
         "prm_faulty_step_chance",
     ):
         assert 0.0 <= m[key] <= 1.0, key
-    assert math.isfinite(m["preference_mean_margin"])
+    assert m["decision_logp_target"] < 0 and 0 <= m["decision_brier"] <= 2
+    # the budget fits the longest completion of the episodes
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["dpo"])
+    longest = max(len(tokenizer(c)["input_ids"]) for c in episodes["completion"])
+    assert m["format_max_new_tokens"] >= longest + 1
     assert m["preference_n"] == (pairs["split"] == "test").sum()
     assert m["prm_n_traces"] == (traces["split"] == "test").sum()
-    assert m["prm_faulty_step_lift"] == pytest.approx(
-        m["prm_faulty_step_found"] - m["prm_faulty_step_chance"]
-    )
-    # per-item scores for the gate
-    items = report.items
-    assert list(items.columns) == list(ev.ITEM_COLUMNS)
-    assert len(items) == MAX_PROMPTS and items["item_id"].is_unique
-    assert set(items["correct"].dropna().unique()) <= {0.0, 1.0}
-    assert items["reward"].notna().all()
-    # backtest: the model, both baselines and every reference policy, on the same points
-    table = report.backtest.set_index("strategy")
-    assert {"model", "hold", "random", "policy:momentum", "policy:mean_reversion"} <= set(
-        table.index
-    )
-    assert (table["n"] == MAX_PROMPTS).all()
-    assert table.loc["hold", "total_return"] == 0.0
-    for column in ("total_return", "sharpe", "max_drawdown"):
-        assert column in table.columns
-    assert "| policy:momentum |" in report.backtest_markdown()
+    items = out.items
+    assert list(items.columns) == list(report.ITEM_COLUMNS)
+    probs = items[["p_buy", "p_sell", "p_hold"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0) and (probs > 0).all()
+    assert items["well_formed"].notna().sum() == 3
+    table = out.baselines.set_index("name")
+    assert {"model", "base", "train-majority", "always-buy", "random", "probe"} <= set(table.index)
+    assert {"policy:momentum", "policy:mean_reversion"} <= set(table.index)
+    # a differently seeded untrained model is no better than the base, beyond noise
+    assert table.loc["base", "delta_ci_low"] < 0.5
+    assert out.prm_baselines is not None and "kind-only" in set(out.prm_baselines["name"])
+    backtest = out.backtest.set_index("strategy")
+    assert {"model", "hold", "random", "policy:momentum"} <= set(backtest.index)
+    assert "| policy:momentum |" in table_markdown(out.backtest)
 
 
 # ---------------------------------------------------------------- the gate (pure)
@@ -192,13 +166,13 @@ def test_evaluate_checkpoints_on_tiny_models(checkpoints: dict[str, Path]) -> No
 
 def _items(scores: list[float], column: str = "correct") -> pd.DataFrame:
     frame = pd.DataFrame({"item_id": [f"dp{i:03d}" for i in range(len(scores))]})
-    frame["correct"] = scores if column == "correct" else 0.0
-    frame["reward"] = scores if column == "reward" else 0.0
+    for name in ("correct", "reward", "logp_target"):
+        frame[name] = scores if column == name else 0.0
     return frame
 
 
 def test_gate_without_champion_promotes() -> None:
-    decision = ev.gate_decision(_items([0.0] * 20), None)
+    decision = gate_decision(_items([0.0] * 20), None)
     assert decision.promote and "first model" in decision.reason
 
 
@@ -206,18 +180,20 @@ def test_gate_clearly_better_challenger_promotes() -> None:
     rng = np.random.default_rng(0)
     champion = (rng.random(60) < 0.3).astype(float)
     challenger = np.maximum(champion, (rng.random(60) < 0.6).astype(float))
-    decision = ev.gate_decision(_items(list(challenger)), _items(list(champion)))
+    decision = gate_decision(_items(list(challenger)), _items(list(champion)), score="correct")
     assert decision.promote, decision.reason
     assert decision.statistics["ci_low"] > 0
 
 
-@pytest.mark.parametrize("delta", [0.0, -0.3])
-def test_gate_equal_or_worse_challenger_is_blocked(delta: float) -> None:
+@pytest.mark.parametrize(
+    ("score", "delta"), [("reward", 0.0), ("reward", -0.3), ("logp_target", -0.1)]
+)
+def test_gate_equal_or_worse_challenger_is_blocked(score: str, delta: float) -> None:
     rng = np.random.default_rng(1)
     champion = rng.normal(size=60)
     challenger = champion + delta
-    decision = ev.gate_decision(
-        _items(list(challenger), "reward"), _items(list(champion), "reward"), score="reward"
+    decision = gate_decision(
+        _items(list(challenger), score), _items(list(champion), score), score=score
     )
     assert not decision.promote, decision.reason
 
@@ -226,12 +202,12 @@ def test_gate_needs_the_same_items() -> None:
     champion = _items([0.0] * 20)
     challenger = _items([1.0] * 20)
     challenger.loc[0, "item_id"] = "elsewhere"
-    decision = ev.gate_decision(challenger, champion)
+    decision = gate_decision(challenger, champion, score="correct")
     assert not decision.promote and "different items" in decision.reason
-    # items without a target are left out of the 'correct' comparison, on both sides
+    # items without a target are left out of the comparison, on both sides
     with_gap = _items([1.0] * 20)
     with_gap.loc[0, "correct"] = math.nan
-    assert ev.gate_scores(with_gap).keys() == set(with_gap["item_id"][1:])
+    assert gate_scores(with_gap, "correct").keys() == set(with_gap["item_id"][1:])
 
 
 # ---------------------------------------------------------------- Dagster + MLflow registry
@@ -265,13 +241,15 @@ def test_champion_moves_only_when_the_gate_passes(
 ) -> None:
     storage = StorageResource(root=str(tmp_path / "root"))
     store = storage.get()
-    episodes = episodes_frame()
+    episodes = _all_splits()
     warehouse = tmp_path / "warehouse.duckdb"
     with duckdb.connect(str(warehouse)) as con:
         con.register("frame", episodes)
         con.execute("create table fct_decision_episodes as select * from frame")
     for name, frame in (("dpo", synthetic.dpo_frame(40)), ("prm", synthetic.prm_frame(40))):
-        ev.write_parquet(store, f"datasets/{name}/test.parquet", _test_split(frame))
+        for split in ("train", "test"):
+            rows = frame[frame["split"] == split].reset_index(drop=True)
+            ev.write_parquet(store, f"datasets/{name}/{split}.parquet", rows)
     mlflow = MlflowResource(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifact_location=str(tmp_path / "artifacts"),
@@ -288,14 +266,15 @@ def test_champion_moves_only_when_the_gate_passes(
     resources["mlflow"] = mlflow
     defs = [*ev.evaluation_assets, *ev.evaluation_checks]
 
-    def release(version: str, gate_score: str = "correct") -> dg.ExecuteInProcessResult:
+    def release(version: str, gate_score: str = "logp_target") -> dg.ExecuteInProcessResult:
         _report_model(instance, "dpo_model", checkpoints["dpo"], dpo_name, version, parent)
         _report_model(instance, "prm_model", checkpoints["prm"], prm_name, version, "")
         config = {
-            "max_prompts": MAX_PROMPTS,
+            "max_format_prompts": 2,
             "max_pairs": 4,
             "max_traces": 4,
             "max_new_tokens": MAX_NEW_TOKENS,
+            "base_model": "tiny",
             "gate_score": gate_score,
         }
         return dg.materialize(
@@ -321,15 +300,27 @@ def test_champion_moves_only_when_the_gate_passes(
     assert verdict(first).passed and champion_ran(first)
     assert _alias(client, dpo_name) == v1 and _alias(client, prm_name) == v1
     metadata = ev.latest_metadata(instance, ev.EVALUATION_KEY)
-    assert {"decision_accuracy", "prm_auc", "preference_accuracy", "backtest"} <= set(metadata)
+    assert {"decision_logp_target", "prm_auc", "preference_accuracy", "backtest"} <= set(metadata)
+    assert metadata["decision_n"] == 10  # every test decision point
+    baselines = metadata["baselines"]
+    for row in ("| model | model |", "| base | model |", "| train-majority |", "| probe |"):
+        assert row in baselines, row
+    assert "| policy:momentum | policy |" in baselines
+    assert "| kind-only |" in metadata["prm_baselines"]
     assert metadata["dpo_model_version"] == v1 and store.exists(metadata["items_path"])
+    assert store.exists(metadata["baselines_path"])
     eval_run = client.get_run(metadata["mlflow_run_id"])
     assert eval_run.data.tags["mlflow.parentRunId"] == parent
-    assert "decision_accuracy" in eval_run.data.metrics
+    assert {"decision_logp_target", "base_logp_target", "baseline_train-majority_logp_target"} <= (
+        set(eval_run.data.metrics)
+    )
+    logged = {f.path for f in client.list_artifacts(metadata["mlflow_run_id"], "evaluation")}
+    assert {"evaluation/baselines.md", "evaluation/baselines.parquet"} <= logged
     tags = client.get_model_version(dpo_name, v1).tags
     assert tags[ev.TAG_DIGEST] == metadata["items_digest"]
 
-    # 2. same weights as v2, champion's stored scores reused (same items) → equal → blocked
+    # 2. same weights as v2, champion's stored scores reused (same items) → log p(target)
+    #    identical on every item → blocked
     v2 = _register(client, dpo_name, checkpoints["dpo"])
     _register(client, prm_name, checkpoints["prm"])
     second = release(v2)
@@ -347,13 +338,15 @@ def test_champion_moves_only_when_the_gate_passes(
     assert check.metadata["champion_scores"].value == "evaluated"
     assert _alias(client, dpo_name) == v1
 
-    # 4. a champion whose stored per-item rewards are clearly worse (gate on 'reward') → the
-    #    challenger passes and champion_model moves both aliases to v2
+    # 4. a champion whose stored per-item log p(target) is clearly worse → the challenger
+    #    passes and champion_model moves both aliases to v2
     client.set_model_version_tag(dpo_name, v1, ev.TAG_DIGEST, metadata["items_digest"])
-    worse = ev.read_parquet(store, metadata["items_path"]).assign(reward=-1.0)
+    items = ev.read_parquet(store, metadata["items_path"])
+    worse = items.assign(logp_target=items["logp_target"] - 1.0)
     ev.write_parquet(store, metadata["items_path"], worse)
-    fourth = release(v2, gate_score="reward")
+    fourth = release(v2)
     assert verdict(fourth).passed and champion_ran(fourth)
+    assert verdict(fourth).metadata["mean_diff"].value == pytest.approx(1.0)
     assert _alias(client, dpo_name) == v2 and _alias(client, prm_name) == v2
 
 
@@ -375,3 +368,116 @@ def test_champion_model_refuses_without_a_passed_check(tmp_path: Path) -> None:
         raise_on_error=False,
     )
     assert not result.success
+
+
+# ---------------------------------------------------------------- training.report (fakes)
+
+
+def _all_splits() -> pd.DataFrame:
+    """episodes_frame's points spread over train / validation / test (every fourth point is a
+    test point: 10 of them), all mature, with decision-first completions."""
+    frame = episodes_frame(n_points=40)
+    point = frame["decision_point_id"].str[2:].astype(int)
+    frame["split"] = np.select([point % 4 == 3, point % 4 == 2], ["test", "validation"], "train")
+    frame["is_mature"] = True
+    frame["completion"] = frame["action"] + " 0.5000 of capital\nwhy"
+    return frame
+
+
+def test_report_scores_every_test_point_next_to_the_baselines() -> None:
+    episodes = _all_splits()
+    best = dict(zip(episodes["prompt"], episodes["best_action_ex_ante"], strict=False))
+
+    def oracle(prompts: list[str]) -> pd.DataFrame:
+        rows = [[0.9 if a == best[p] else 0.05 for a in ("buy", "sell", "hold")] for p in prompts]
+        return pd.DataFrame(rows, columns=["p_buy", "p_sell", "p_hold"])
+
+    def uniform(prompts: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"p_buy": 1 / 3, "p_sell": 1 / 3, "p_hold": 1 / 3}, index=prompts)
+
+    generated: list[str] = []
+
+    def generate(prompts: list[str]) -> list[str]:
+        generated.extend(prompts)
+        lines = {"buy": "buy 1.0 of capital", "sell": "sell 1.0 of capital"}
+        return [f"{lines.get(best[p], 'hold: no trade')}\nwhy" for p in prompts]
+
+    out = report.evaluate_callables(
+        episodes,
+        None,
+        None,
+        action_probs=oracle,
+        base_action_probs=uniform,
+        generate=generate,
+        max_new_tokens=20,
+        max_format_prompts=5,
+    )
+    items = out.items
+    assert list(items.columns) == list(report.ITEM_COLUMNS)
+    assert len(items) == 10 and items["item_id"].is_unique  # every test point
+    assert out.metrics["decision_accuracy"] == 1.0
+    assert out.metrics["decision_logp_target"] == pytest.approx(math.log(0.9))
+    assert out.metrics["base_logp_target"] == pytest.approx(-math.log(3))
+    # the argmax action (the target here) earns its realized unit reward
+    expected = np.select(
+        [items["target"] == "buy", items["target"] == "sell"],
+        [items["cf_reward_buy"], items["cf_reward_sell"]],
+        0.0,
+    )
+    np.testing.assert_allclose(items["reward"], expected)
+    # format: 5 sampled points generated, all well-formed
+    assert len(generated) == 5 and out.metrics["format_well_formed"] == 1.0
+    assert items["well_formed"].notna().sum() == 5
+    table = out.baselines.set_index("name")
+    assert {"model", "base", "train-majority", "random", "probe", "policy:momentum"} <= set(
+        table.index
+    )
+    assert (table["n"][["model", "base", "probe"]] == 10).all()
+    assert table.loc["base", "delta_ci_low"] > 0
+    assert (
+        out.metrics["baseline_policy_momentum_accuracy"] == table.loc["policy:momentum", "accuracy"]
+    )
+    assert "| train-majority | baseline |" in out.markdown()
+    assert out.digest == report.items_digest(report.decision_items(episodes))
+
+
+def test_report_prm_table_per_kind() -> None:
+    traces = synthetic.prm_frame(80)
+    train, test = traces[traces["split"] == "train"], traces[traces["split"] == "test"]
+    steps = report.prm_steps(traces)
+    kinds = steps.assign(kind=np.where(steps["kind"] == "decision", "decision", "observation"))
+    info = kinds.assign(verified=kinds["label"])[["trace_id", "step_index", "kind", "verified"]]
+
+    def marker(prompts: list[str], traces_: list[list[str]]) -> list[list[float]]:
+        return [[0.0 if synthetic.MARKER in s else 1.0 for s in t] for t in traces_]
+
+    out = report.evaluate_callables(
+        _all_splits(),
+        None,
+        test,
+        action_probs=lambda ps: pd.DataFrame(
+            {"p_buy": [1.0] * len(ps), "p_sell": 1.0, "p_hold": 1.0}
+        ),
+        score_traces=marker,
+        step_info=info,
+        train_traces=train,
+    )
+    table = out.prm_baselines.set_index("name")
+    assert list(table.index) == ["prm", "kind-only", "exact-check"]
+    assert table.loc["prm", "auc"] == 1.0 and out.metrics["prm_table_prm_auc"] == 1.0
+    assert table.loc["kind-only", "auc_observation"] == pytest.approx(0.5)
+    assert "PRM steps" in out.markdown()
+
+
+def test_untrained_base_follows_the_lineage_back_to_the_base_model(tmp_path: Path) -> None:
+    from training.checkpoint import write_metadata
+
+    sft, dpo, lost = tmp_path / "sft", tmp_path / "dpo", tmp_path / "lost"
+    for folder, base in ((sft, "tiny"), (dpo, str(sft)), (lost, "/nowhere/sft/final")):
+        folder.mkdir()
+        write_metadata(folder, {"stage": folder.name}, {"base_model": base})
+    assert report.untrained_base(dpo) == "tiny"  # DPO -> its SFT checkpoint -> the base
+    assert report.untrained_base(sft) == "tiny"
+    assert report.untrained_base(lost) is None  # a folder of another machine: no base row
+    write_metadata(lost, {}, {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    assert report.untrained_base(lost) == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id

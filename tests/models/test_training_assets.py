@@ -410,7 +410,7 @@ def test_one_mlflow_run_on_postgres(trained: dict, pg_database: str):
 def test_evaluation_gate_makes_the_first_model_champion(trained: dict) -> None:
     """The whole chain on the trained checkpoints: model_evaluation on the test split, the
     blocking beats_champion check (no champion yet: pass), then champion_model moves the alias."""
-    config = {"max_prompts": 8, "max_pairs": 16, "max_traces": 16, "max_new_tokens": 8}
+    config = {"max_format_prompts": 4, "max_pairs": 16, "max_traces": 16, "max_new_tokens": 8}
     result = dg.materialize(
         [*evaluation_assets, *evaluation_checks],
         resources=trained["resources"],
@@ -422,7 +422,10 @@ def test_evaluation_gate_makes_the_first_model_champion(trained: dict) -> None:
     assert [(c.check_name, c.passed) for c in checks] == [("beats_champion", True)]
     metadata = _metadata(result)
     evaluation = metadata["model_evaluation"]
-    assert evaluation["decision_n"] == 8 and 0 <= evaluation["decision_accuracy"] <= 1
+    assert 0 < evaluation["decision_n"] <= evaluation["decision_points"]
+    assert 0 <= evaluation["decision_accuracy"] <= 1 and evaluation["decision_logp_target"] < 0
+    assert "| train-majority | baseline |" in evaluation["baselines"]
+    assert evaluation["format_n"] == 4
     assert 0 <= evaluation["prm_auc"] <= 1 and evaluation["preference_n"] > 0
     client = _client(trained["work"])
     for stage in ("dpo", "prm"):
@@ -449,7 +452,7 @@ def test_champion_snapshot_reaches_the_drift_monitor(trained: dict) -> None:
         run_config={
             "ops": {
                 "feature_drift": {"config": {"window_rows": 100, "min_rows": 20}},
-                "champion_performance": {"config": {"max_points": 8, "max_new_tokens": 8}},
+                "champion_performance": {"config": {"max_points": 8}},
             }
         },
     )

@@ -1,6 +1,8 @@
-"""Exact small cases for training.evaluation, training.backtest and training.promotion.
+"""Exact small cases for training.decision_line, training.metrics, training.baselines,
+training.learnability, training.backtest and training.promotion.
 
-Every expected number is computed by hand in the comments; the models are fake callables.
+Every expected number is computed by hand in the comments; the models are fake callables or
+fixed probability tables (the scorer on a real tiny model: tests/test_scoring.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,28 @@ from training.backtest import (
     model_rewards,
     sharpe_ratio,
 )
-from training.evaluation import (
-    ParsedDecision,
+from training.baselines import (
+    POLICY_EPS,
+    TABLE_COLUMNS,
+    Probe,
+    baselines_table,
+    prm_baselines,
+    prompt_numbers,
+    table_markdown,
+)
+from training.decision_line import ParsedDecision, parse_decision, render_decision
+from training.learnability import learnability_check
+from training.metrics import (
+    choice_scores,
+    choice_summary,
     decision_metrics,
     f1_score,
-    parse_decision,
     preference_metrics,
     prm_metrics,
     roc_auc,
+    step_metrics,
 )
-from training.promotion import paired_bootstrap, promotion_decision
+from training.promotion import gate_decision, gate_scores, paired_bootstrap, promotion_decision
 
 # ---------------------------------------------------------------- parse_decision
 
@@ -36,14 +50,14 @@ from training.promotion import paired_bootstrap, promotion_decision
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("obs one\ninference\nbuy 0.5000 of capital", ParsedDecision("buy", 0.5, 2, True)),
-        ("obs\nsell .25 of capital\n\n", ParsedDecision("sell", 0.25, 1, True)),
-        ("  obs  \n\n  Hold: no trade  ", ParsedDecision("hold", 0.0, 1, True)),
-        ("obs\nbuy 1 of capital", ParsedDecision("buy", 1.0, 1, True)),
-        ("obs\nsell 0.0000 of capital", ParsedDecision("sell", 0.0, 1, True)),
-        # a decision without reasoning parses but is not well-formed
-        ("buy 0.5000 of capital", ParsedDecision("buy", 0.5, 0, False)),
-        ("hold: no trade", ParsedDecision("hold", 0.0, 0, False)),
+        ("buy 0.5000 of capital\nobs one\ninference", ParsedDecision("buy", 0.5, 2)),
+        ("\n\nsell .25 of capital\nobs\n\n", ParsedDecision("sell", 0.25, 1)),
+        ("  Hold: no trade  \n\n  obs  ", ParsedDecision("hold", 0.0, 1)),
+        ("buy 1 of capital\nobs", ParsedDecision("buy", 1.0, 1)),
+        ("sell 0.0000 of capital", ParsedDecision("sell", 0.0, 0)),
+        # reasoning is optional; a later line that looks like a decision is just a line
+        ("hold: no trade", ParsedDecision("hold", 0.0, 0)),
+        ("buy 0.5 of capital\nsell 0.5 of capital", ParsedDecision("buy", 0.5, 1)),
     ],
 )
 def test_parse_decision_good(text: str, expected: ParsedDecision) -> None:
@@ -56,17 +70,26 @@ def test_parse_decision_good(text: str, expected: ParsedDecision) -> None:
         None,
         "",
         "\n \n",
-        "obs\nbuy 1.5000 of capital",  # size above 1
-        "obs\nbuy -0.5 of capital",  # negative size
-        "obs\nbuy 0.5 of capital now",  # extra words
-        "obs\nbuy of capital",  # no size
-        "obs\nhold",  # incomplete hold
-        "buy 0.5 of capital\nbecause the trend is up",  # the decision is not last
-        "obs\nshort 0.5 of capital",  # not an action
+        "buy 1.5000 of capital\nobs",  # size above 1
+        "buy -0.5 of capital",  # negative size
+        "buy 0.5 of capital now",  # extra words
+        "buy of capital",  # no size
+        "hold\nobs",  # incomplete hold
+        "because the trend is up\nbuy 0.5 of capital",  # the decision is not first
+        "short 0.5 of capital",  # not an action
     ],
 )
 def test_parse_decision_bad(text: str | None) -> None:
     assert parse_decision(text) is None
+
+
+def test_render_decision_round_trips_the_parser() -> None:
+    assert render_decision("buy", 0.25) == "buy 0.2500 of capital"  # as the marts render it
+    assert render_decision("hold", 0.7) == "hold: no trade"
+    for action, size in (("buy", 0.25), ("sell", 1.0), ("hold", 0.0)):
+        assert parse_decision(render_decision(action, size)) == ParsedDecision(action, size, 0)
+    with pytest.raises(ValueError):
+        render_decision("short", 0.5)
 
 
 # ---------------------------------------------------------------- decision_metrics
@@ -90,10 +113,10 @@ def _episode_rows() -> pd.DataFrame:
 
 def test_decision_metrics_with_fake_generate() -> None:
     answers = {
-        "p1": "momentum is up\nbuy 0.5000 of capital",  # correct, well-formed
-        "p2": "hold: no trade",  # correct, not well-formed (no step)
-        "p3": "momentum is down\nI would rather not say",  # invalid: wrong
-        "p4": "x\nsell 0.1 of capital",  # no target: not scored
+        "p1": "buy 0.5000 of capital\nmomentum is up",  # correct, well-formed, one step
+        "p2": "hold: no trade",  # correct, well-formed, no step
+        "p3": "momentum is down\nbuy 0.5000 of capital",  # decision not first: invalid, wrong
+        "p4": "sell 0.1 of capital\nx\ny",  # no target: not scored
     }
     calls: list[list[str]] = []
 
@@ -105,8 +128,8 @@ def test_decision_metrics_with_fake_generate() -> None:
     assert calls == [["p1", "p2", "p3"], ["p4"]]
     assert (m.n, m.n_scored) == (4, 3)
     assert m.accuracy == pytest.approx(2 / 3)
-    assert m.well_formed == pytest.approx(2 / 4)
-    assert m.parsed == pytest.approx(3 / 4)
+    assert m.well_formed == pytest.approx(3 / 4)
+    assert m.mean_steps == pytest.approx((1 + 0 + 2) / 3)
     assert m.action_distribution == {"buy": 0.25, "sell": 0.25, "hold": 0.25, "invalid": 0.25}
     assert m.majority_accuracy == pytest.approx(1 / 3)  # targets buy, hold, sell
     assert m.items["correct"].tolist()[:3] == [1.0, 1.0, 0.0]
@@ -438,8 +461,8 @@ def test_evaluation_feeds_backtest_and_gate() -> None:
     """decision_metrics' items are the backtest's decisions and the gate's per-item scores."""
     episodes = _backtest_episodes().assign(best_action_ex_ante="hold")
     episodes.loc[episodes["prompt"] == "A@2024-01-02", "best_action_ex_ante"] = "buy"
-    right = decision_metrics(episodes, lambda ps: ["up\nbuy 1.0 of capital"] * len(ps))
-    flat = decision_metrics(episodes, lambda ps: ["flat\nhold: no trade"] * len(ps))
+    right = decision_metrics(episodes, lambda ps: ["buy 1.0 of capital\nup"] * len(ps))
+    flat = decision_metrics(episodes, lambda ps: ["hold: no trade\nflat"] * len(ps))
     assert (right.accuracy, flat.accuracy) == (0.25, 0.75)
     table = backtest(episodes, {"buyer": right.items, "flat": flat.items}, include_policies=False)
     assert table.set_index("strategy").loc["buyer", "total_return"] == pytest.approx(-1.1)
@@ -447,3 +470,254 @@ def test_evaluation_feeds_backtest_and_gate() -> None:
     challenger = model_rewards(points, right.items).set_index("prompt")["reward"].to_dict()
     champion = model_rewards(points, flat.items).set_index("prompt")["reward"].to_dict()
     assert not promotion_decision(challenger, champion, min_items=1).promote
+
+
+def test_step_metrics_of_the_prm_trainer() -> None:
+    assert roc_auc([False, False, True, True], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    m = step_metrics(
+        scores=[[0.9, 0.1, 0.8], [0.9, 0.8, 0.7], [0.2, 0.9]],
+        labels=[[True, False, True], [True, True, True], [True, False]],
+        faulty_steps=[1, None, 1],
+    )
+    assert m["faulty_step_found_rate"] == 0.5 and m["n_perturbed_traces"] == 2
+    assert m["step_f1"] == pytest.approx(2 / 4)  # faulty class: tp=1, fp=1, fn=1
+    assert m["step_accuracy"] == pytest.approx(6 / 8)
+
+
+# ---------------------------------------------------------------- choice scores
+
+
+def test_choice_scores_exact() -> None:
+    probs = [[0.5, 0.3, 0.2], [2.0, 1.0, 1.0], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.1, 0.8]]
+    scores = choice_scores(probs, ["buy", "sell", "hold", None])
+    # the second row is renormalised to 0.5, 0.25, 0.25
+    assert scores["p_buy"].tolist() == pytest.approx([0.5, 0.5, 1 / 3, 0.1])
+    assert scores["logp_target"].tolist()[:3] == pytest.approx(
+        [math.log(0.5), math.log(0.25), math.log(1 / 3)]
+    )
+    # Brier: (0.5-1)^2 + 0.3^2 + 0.2^2; 0.5^2 + 0.75^2 + 0.25^2; uniform 2/3
+    assert scores["brier"].tolist()[:3] == pytest.approx([0.38, 0.875, 2 / 3])
+    # argmax buy = target; buy != sell; a three-way tie credits 1/3
+    assert scores["correct"].tolist()[:3] == pytest.approx([1.0, 0.0, 1 / 3])
+    assert scores.iloc[3][["logp_target", "brier", "correct"]].isna().all()
+    summary = choice_summary(scores)
+    assert summary["n"] == 3
+    assert summary["accuracy"] == pytest.approx(4 / 9)
+    with pytest.raises(ValueError, match="targets"):
+        choice_scores([[1, 1, 1]], ["short"])
+    with pytest.raises(ValueError, match="non-negative"):
+        choice_scores([[0, 0, 0]], ["buy"])
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_prompt_numbers_are_keyed_by_label() -> None:
+    prompt = (
+        "Symbol: AAPL\n"
+        "Decision time: 2013-01-02T21:00:00Z (the close of the latest bar)\n"
+        "- 5-bar log return: +1.25%\n"
+        "- volume z-score: undefined\n"
+        "Analogs:\n"
+        "- buy: n=14, ev +0.12 ± 0.05\n"
+        "- sell: n=14, ev -0.12 ± 0.05\n"
+        "- buy: 3\n"
+        "Decide over the next 20 bars."
+    )
+    numbers = prompt_numbers(prompt)
+    assert numbers == {
+        "5-bar log return#0": 1.25,
+        "buy#0": 14.0,
+        "buy#1": 0.12,
+        "buy#2": 0.05,
+        "sell#0": 14.0,
+        "sell#1": -0.12,
+        "sell#2": 0.05,
+        "buy@2#0": 3.0,
+        "decide over the next # bars.#0": 20.0,
+    }
+
+
+def _separable(n: int, seed: int, shuffle: bool = False) -> pd.DataFrame:
+    """Prompts with a 'signal' number whose sign is the target (and a noise number); hold
+    when the signal is small."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n)
+    noise = rng.normal(size=n)
+    target = np.where(signal > 0.15, "buy", np.where(signal < -0.15, "sell", "hold"))
+    if shuffle:
+        target = rng.permutation(target)
+    prompts = [
+        f"Symbol: X\n- signal: {s:+.4f}\n- noise: {z:+.4f}"
+        for s, z in zip(signal, noise, strict=True)
+    ]
+    return pd.DataFrame(
+        {"prompt": prompts, "target": target, "item_id": [f"i{k}" for k in range(n)]}
+    )
+
+
+def test_baselines_table_exact_rows() -> None:
+    train = pd.DataFrame({"prompt": ["a: 1"] * 10, "target": ["sell"] * 6 + ["buy"] * 3 + ["hold"]})
+    items = pd.DataFrame(
+        {
+            "prompt": ["x: 1", "x: 2", "x: 3", "x: 4", "x: 5"],
+            "target": ["buy", "buy", "sell", "hold", None],
+        }
+    )
+    model = pd.DataFrame({"p_buy": [0.8] * 5, "p_sell": [0.1] * 5, "p_hold": [0.1] * 5})
+    episodes = pd.DataFrame(
+        {
+            "prompt": ["x: 1", "x: 2", "x: 3", "x: 1"],
+            "policy_id": ["momentum", "momentum", "momentum", "reversal"],
+            "action": ["buy", "sell", "sell", "sell"],
+        }
+    )
+    table = baselines_table(
+        items, train=train, episodes=episodes, models={"model": model}, probe=False
+    ).set_index("name")
+    assert list(table.reset_index().columns) == list(TABLE_COLUMNS)
+    assert list(table.index) == [
+        "model",
+        "train-majority",
+        "always-buy",
+        "always-sell",
+        "always-hold",
+        "random",
+        "policy:momentum",
+        "policy:reversal",
+    ]
+    assert (table.loc["model", "n"], table.loc["model", "accuracy"]) == (4, 0.5)
+    # train-majority: frequencies (6+1, 3+1, 1+1)/13 -> argmax sell, right on 1 of 4 items
+    majority = table.loc["train-majority"]
+    assert majority["accuracy"] == pytest.approx(0.25)
+    expected = (2 * math.log(4 / 13) + math.log(7 / 13) + math.log(2 / 13)) / 4
+    assert majority["logp_target"] == pytest.approx(expected)
+    always_buy = table.loc["always-buy"]
+    assert always_buy["accuracy"] == pytest.approx(0.5)
+    hit, miss = math.log(1 - POLICY_EPS), math.log(POLICY_EPS / 2)
+    assert always_buy["logp_target"] == pytest.approx((2 * hit + 2 * miss) / 4)
+    random = table.loc["random"]
+    assert (random["logp_target"], random["brier"], random["accuracy"]) == pytest.approx(
+        (-math.log(3), 2 / 3, 1 / 3)
+    )
+    # momentum decided at 3 of the 4 scored points: right at 2 of them
+    momentum = table.loc["policy:momentum"]
+    assert (momentum["n"], momentum["coverage"]) == (3, 0.75)
+    assert momentum["accuracy"] == pytest.approx(2 / 3)
+    # delta: the model's log p(target) minus the row's on the items both scored
+    model_logp = [math.log(0.8), math.log(0.8), math.log(0.1)]
+    assert momentum["delta_logp"] == pytest.approx(np.mean(model_logp) - (2 * hit + miss) / 3)
+    assert math.isnan(table.loc["model", "delta_logp"])
+    hold = table.loc["always-hold"]
+    assert hold["delta_ci_low"] <= hold["delta_logp"] <= hold["delta_ci_high"]
+    markdown = table_markdown(table.reset_index())
+    assert markdown.splitlines()[0].startswith("| name | kind | n |")
+    assert "| policy:reversal | policy | 1 |" in markdown
+
+
+def test_probe_beats_majority_on_separable_data() -> None:
+    train, validation, test = _separable(400, 0), _separable(150, 1), _separable(200, 2)
+    probe = Probe().fit(
+        train["prompt"], train["target"], (validation["prompt"], validation["target"])
+    )
+    assert probe.C in probe.Cs and set(probe.validation_log_loss) == set(probe.Cs)
+    assert "signal#0" in probe.columns
+    proba = probe.predict_proba(test["prompt"])
+    assert proba.shape == (200, 3) and np.allclose(proba.sum(axis=1), 1.0)
+    table = baselines_table(test, train=train, validation=validation, key="item_id")
+    table = table.set_index("name")
+    assert table.loc["probe", "accuracy"] > table.loc["train-majority", "accuracy"] + 0.3
+    assert table.loc["probe", "logp_target"] > table.loc["train-majority", "logp_target"] + 0.3
+    assert math.isnan(table.loc["probe", "delta_logp"])  # no model row to compare with
+
+
+def test_probe_gives_a_class_absent_from_train_its_prior() -> None:
+    train = _separable(200, 0)
+    train = train[train["target"] != "hold"]
+    probe = Probe(Cs=(1.0,)).fit(train["prompt"], train["target"])
+    proba = probe.predict_proba(train["prompt"][:5])
+    assert np.allclose(proba[:, 2], 1 / (len(train) + 3))
+    assert np.allclose(proba.sum(axis=1), 1.0)
+
+
+def test_learnability_check_passes_learnable_and_fails_shuffled_labels() -> None:
+    train, validation = _separable(400, 0), _separable(200, 1)
+    learnable = learnability_check(train, validation)
+    assert learnable.passed, learnable.reason
+    assert learnable.metadata["ci_low"] > 0
+    assert learnable.metadata["probe_accuracy"] > learnable.metadata["majority_accuracy"]
+    shuffled = learnability_check(_separable(400, 0, shuffle=True), _separable(200, 1, True))
+    assert not shuffled.passed, shuffled.reason
+    assert "not learnable" in shuffled.reason
+    by_log_loss = learnability_check(train, validation, metric="log_loss", margin=0.05)
+    assert by_log_loss.passed and by_log_loss.metadata["metric"] == "log_loss"
+    # a margin above what the probe can add fails even a learnable target
+    assert not learnability_check(train, validation, margin=0.99).passed
+    few = learnability_check(train[:5], validation)
+    assert not few.passed and "too few" in few.reason
+
+
+def _steps(n_traces: int, seed: int) -> pd.DataFrame:
+    """Traces of observation, inference, decision steps. Observations are correct exactly
+    when verified; inferences mostly correct; a perturbed copy breaks one step."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(n_traces):
+        perturbed = t % 2 == 1
+        faulty = int(rng.integers(1, 4)) if perturbed else None
+        for index, kind in enumerate(("observation", "inference", "decision"), start=1):
+            broken = index == faulty
+            label = not broken and (kind != "inference" or rng.random() < 0.8)
+            verified = (not broken) if kind == "observation" else None
+            rows.append(
+                {
+                    "trace_id": f"t{t}",
+                    "step_index": index,
+                    "kind": kind,
+                    "verified": verified,
+                    "label": label,
+                    "is_perturbed": perturbed,
+                    "faulty_step_index": faulty,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_prm_baselines_per_kind() -> None:
+    train, test = _steps(200, 0), _steps(100, 1)
+    perfect = test["label"].astype(float).to_numpy()
+    table = prm_baselines(train, test, {"oracle": perfect}).set_index("name")
+    assert list(table.index) == ["oracle", "kind-only", "exact-check"]
+    assert table.loc["oracle", "auc"] == 1.0
+    kind_only, exact = table.loc["kind-only"], table.loc["exact-check"]
+    # kind-only is constant within a kind: AUC 0.5 there
+    assert kind_only["auc_observation"] == pytest.approx(0.5)
+    # exact checks separate observations perfectly, so they beat the kind alone
+    assert exact["auc_observation"] == 1.0
+    assert exact["auc"] > kind_only["auc"]
+    # the oracle finds the faulty step unless another step of its trace is wrong too (a tie)
+    assert table.loc["oracle", "faulty_step_found"] > 0.8 > kind_only["faulty_step_found"]
+    assert kind_only["faulty_step_chance"] == pytest.approx(1 / 3)
+    assert table.loc["oracle", "n_observation"] == 100
+
+
+# ---------------------------------------------------------------- the gate's score
+
+
+def test_gate_on_log_p_target_promotes_better_and_keeps_equal() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"dp{i:03d}" for i in range(80)]
+    champion = pd.DataFrame({"item_id": ids, "logp_target": np.log(rng.uniform(0.2, 0.5, 80))})
+    better = champion.assign(logp_target=champion["logp_target"] + rng.uniform(0.0, 0.2, 80))
+    decision = gate_decision(better, champion)
+    assert decision.promote and decision.statistics["ci_low"] > 0, decision.reason
+    kept = gate_decision(champion, better)
+    assert not kept.promote and kept.statistics["ci_high"] < 0
+    same = gate_decision(champion.copy(), champion)
+    assert not same.promote and same.statistics["mean_diff"] == 0.0
+    # brier is negated: lower Brier is the better score
+    briers = pd.DataFrame({"item_id": ids, "brier": rng.uniform(0.3, 0.6, 80)})
+    assert gate_decision(briers.assign(brier=briers["brier"] - 0.2), briers, score="brier").promote
+    assert gate_scores(briers, "brier")["dp000"] == pytest.approx(-briers["brier"][0])
+    with pytest.raises(ValueError, match="gate score"):
+        gate_scores(briers, "accuracy")

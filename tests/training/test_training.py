@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from training import evaluate, synthetic
+from training import scoring, synthetic
 from training.config import (
     CONFIG_DIR,
     DPOStageConfig,
@@ -31,6 +31,7 @@ from training.config import (
     SFTStageConfig,
     load_config,
 )
+from training.decision_line import parse_decision
 
 ROOT = Path(__file__).resolve().parents[2]
 LINEAGE = {"dataset_digest": "sha256:abc", "source_hashes": ["h1", "h2"]}
@@ -83,7 +84,8 @@ def test_synthetic_frames_follow_the_dataset_contract():
         "is_perturbed", "perturbation", "faulty_step_index",
     }  # fmt: skip
     assert set(sft["split"]) == {"train", "validation", "test"}
-    assert all(evaluate.parse_decision(c) in {"buy", "sell"} for c in sft["completion"])
+    assert {parse_decision(c).action for c in sft["completion"]} == {"buy", "sell"}
+    assert {parse_decision(c).action for c in dpo["chosen"]} == {"buy", "hold"}
     for row in prm.itertuples():
         assert len(row.completions) == len(row.labels) == len(row.soft_labels)
         if row.is_perturbed:
@@ -210,7 +212,9 @@ def sft_run(data_dir, tmp_path_factory):
         data_dir / "sft.parquet",
         tmp_path_factory.mktemp("sft"),
         {
-            "max_steps": 60,
+            # Decision-first: the first answer token must be read off the prompt, which the
+            # tiny model learns around step 90 (the trace after it is then copied).
+            "max_steps": 110,
             "learning_rate": 3e-3,
             "per_device_train_batch_size": 16,
             "warmup_steps": 5,
@@ -253,7 +257,7 @@ def test_sft_changes_parameters_and_reloads_to_generate(sft_run):
     before, after = dict(untrained.named_parameters()), dict(trained.named_parameters())
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    text = evaluate.generate(
+    text = scoring.generate(
         trained, tokenizer, ["MSFT 2024-03-01: signal up."], system="", max_new_tokens=16
     )[0]
     assert text.strip()
@@ -265,12 +269,13 @@ def test_sft_raises_decision_accuracy_on_held_out_rows(sft_run, data_dir):
     cfg, result, _ = sft_run
     held_out = pd.read_parquet(data_dir / "sft.parquet").query("split == 'test'")
     untrained, tokenizer = load_model(cfg.model, seed=cfg.train.seed)
-    baseline = evaluate.decision_accuracy(
-        untrained, tokenizer, list(held_out.prompt), list(held_out.completion),
-        system="", max_new_tokens=16,
-    )["decision_accuracy"]  # fmt: skip
-    trained = result.metrics["eval_decision_accuracy"]  # the same test rows, after training
-    assert trained >= 0.9 > baseline + 0.3, (baseline, trained)
+    baseline = scoring.decision_scores(
+        untrained, tokenizer, list(held_out.prompt), list(held_out.completion), system="",
+    )  # fmt: skip
+    trained = result.metrics  # the same test rows, after training (likelihood scorer)
+    assert trained["eval_decision_accuracy"] >= 0.9, trained
+    assert trained["eval_decision_logp_target"] > baseline["decision_logp_target"] + 0.3
+    assert trained["eval_decision_well_formed"] >= 0.9 > baseline["decision_well_formed"]
 
 
 # -------------------------------------------------------------------------------- DPO
@@ -321,7 +326,7 @@ def test_dpo_starts_from_sft_and_reloads_to_generate(dpo_run, sft_run):
         if not torch.equal(a, b)
     ]
     assert changed
-    assert evaluate.generate(policy, tokenizer, ["IBM 2024-03-01: risk high."], system="")[0]
+    assert scoring.generate(policy, tokenizer, ["IBM 2024-03-01: risk high."], system="")[0]
 
 
 # -------------------------------------------------------------------------------- PRM
@@ -411,21 +416,6 @@ def test_prm_labels_sit_on_the_separator_after_each_step():
 
 
 # ------------------------------------------------------------------------ metric helpers
-
-
-def test_metric_helpers():
-    assert evaluate.parse_decision("Signal up.\nbuy 0.5000 of capital") == "buy"
-    assert evaluate.parse_decision("x\nhold: no trade\n") == "hold"
-    assert evaluate.parse_decision("no decision here") is None
-    assert evaluate.binary_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
-    assert evaluate.binary_auc([0.5, 0.5], [True, False]) == 0.5  # ties count one half
-    m = evaluate.step_metrics(
-        scores=[[0.9, 0.1, 0.8], [0.9, 0.8, 0.7], [0.2, 0.9]],
-        labels=[[True, False, True], [True, True, True], [True, False]],
-        faulty_steps=[1, None, 1],
-    )
-    assert m["faulty_step_found_rate"] == 0.5 and m["n_perturbed_traces"] == 2
-    assert m["step_f1"] == pytest.approx(2 / 4)  # faulty class: tp=1, fp=1, fn=1
 
 
 def test_lineage_may_not_overwrite_what_the_trainer_records():
@@ -533,7 +523,7 @@ def test_smollm2_fine_tunes_for_two_steps(data_dir, tmp_path):
     assert result.metrics["train_global_steps"] == 2
     model, tokenizer, _ = load_checkpoint(result.checkpoint_dir)
     assert model.config.num_hidden_layers == 30
-    text = evaluate.generate(model, tokenizer, ["What is 2+2?"], max_new_tokens=8)[0]
+    text = scoring.generate(model, tokenizer, ["What is 2+2?"], max_new_tokens=8)[0]
     assert text.strip()
 
 

@@ -1,28 +1,27 @@
-"""Model-agnostic evaluation of decision models, preference models and process reward models.
+"""Pure metrics of decision, preference and process reward models (no torch, no model).
 
-Every metric takes the model as a plain callable, so it runs (and is tested) without a model:
+Every metric takes what a model produced (per-item action probabilities, generated text, or a
+model as a plain callable), so it runs and is tested without a model:
 
-- ``generate(prompts) -> completions``: the policy's completion text for each prompt;
-- ``logp(prompts, completions) -> log-probs``: the summed log-probability of each completion
-  given its prompt;
-- ``score_steps(prompt, steps) -> scores``: a PRM's probability that each step is correct.
-
-A completion is the reasoning, one step per line, and on its last line the decision, in the
-grammar of the episode contract (``assets/policies.py``, ``dbt_project/macros/reasoning.sql``)::
-
-    20-bar momentum is +1.20 sigma, above the +1.00 sigma entry band: the trend is up.
-    buy 0.5000 of capital                  (or "sell 0.2500 of capital", "hold: no trade")
+- :func:`choice_scores` / :func:`choice_summary`: per-item p(buy / sell / hold) (the likelihood
+  scorer's output, ``training.scoring``, or a baseline's, ``training.baselines``) against the
+  target action: log p(target), Brier score, argmax accuracy;
+- :func:`decision_metrics`: generated completions (``generate(prompts) -> completions``) read
+  with the one decision-line parser (``training.decision_line``): the format metric;
+- :func:`preference_metrics`: ``logp(prompts, completions) -> log-probs`` on preference pairs;
+- :func:`prm_metrics`, :func:`step_metrics`, :func:`step_kind_metrics`: step scores of a PRM
+  against step labels, pooled, per step kind and on perturbed traces.
 
 The inputs are the marts' frames: ``fct_decision_episodes`` rows for :func:`decision_metrics`,
 ``ds_dpo`` rows for :func:`preference_metrics`, ``ds_prm`` rows for :func:`prm_metrics`. Each
 metric is computed on one split (``test`` by default; ``split=None`` takes every row). Nothing
-here imports dagster or mlflow: the results' ``as_dict()`` give flat floats to log anywhere.
+here imports dagster, mlflow or torch: the results' ``as_dict()`` give flat floats to log
+anywhere.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,61 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ACTIONS: tuple[str, ...] = ("buy", "sell", "hold")
-
-# "buy 0.5000 of capital" / "sell .25 of capital" / "hold: no trade" (case-insensitive, the
-# line stripped). The size is a plain decimal; a size outside [0, 1] is not a decision.
-_TRADE = re.compile(r"(buy|sell)\s+(\d+(?:\.\d*)?|\.\d+)\s+of\s+capital", re.IGNORECASE)
-_HOLD = re.compile(r"hold\s*:\s*no\s+trade", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class ParsedDecision:
-    """The decision at the end of a completion.
-
-    action: ``buy`` / ``sell`` / ``hold``.
-    size: fraction of capital in [0, 1]; 0.0 for hold.
-    n_steps: reasoning lines before the decision line (non-empty lines; the decision line itself
-        is not counted).
-    well_formed: at least one reasoning step before the decision line.
-    """
-
-    action: str
-    size: float
-    n_steps: int
-    well_formed: bool
-
-
-def parse_decision(text: str | None) -> ParsedDecision | None:
-    """Parse the decision of a completion, or None when its last non-empty line is no decision.
-
-    The last non-empty line (stripped) must match, in full, ``buy <size> of capital``,
-    ``sell <size> of capital`` or ``hold: no trade`` (case-insensitive) with ``0 <= size <= 1``;
-    anything else (no text, an out-of-range size, extra words, a decision followed by more text)
-    gives None. A valid decision line with no reasoning line before it parses, with
-    ``well_formed=False``.
-    """
-    if not isinstance(text, str):
-        return None
-    lines = [line.strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        return None
-    last, steps = lines[-1], lines[:-1]
-    if _HOLD.fullmatch(last):
-        action, size = "hold", 0.0
-    else:
-        match = _TRADE.fullmatch(last)
-        if match is None:
-            return None
-        action, size = match.group(1).lower(), float(match.group(2))
-        if not 0.0 <= size <= 1.0:
-            return None
-    return ParsedDecision(action, size, len(steps), len(steps) >= 1)
-
+from training.decision_line import ACTIONS, parse_decision
 
 # ---------------------------------------------------------------- helpers
 
@@ -116,20 +61,92 @@ def _nan_if_empty(values: Sequence[float] | np.ndarray) -> float:
     return float(array.mean()) if array.size else math.nan
 
 
+# ---------------------------------------------------------------- action probabilities
+
+PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{a}" for a in ACTIONS)
+CHOICE_COLUMNS: tuple[str, ...] = (
+    *PROBABILITY_COLUMNS,
+    "target",
+    "logp_target",
+    "brier",
+    "correct",
+)
+# Probabilities are floored here before the log: a confident miss costs at most ~20.7 nats.
+PROBABILITY_FLOOR = 1e-9
+
+
+def choice_scores(
+    probabilities: np.ndarray | pd.DataFrame | Sequence[Sequence[float]],
+    targets: Sequence[str | None],
+) -> pd.DataFrame:
+    """Per-item scores of p(buy), p(sell), p(hold) against the target action.
+
+    ``probabilities``: one row per item, columns in :data:`ACTIONS` order (or a frame with
+    :data:`PROBABILITY_COLUMNS`); each row is renormalised to sum to 1. ``targets``: the target
+    action per item (None or NaN: not scored). Returns :data:`CHOICE_COLUMNS`, one row per item:
+
+    logp_target  natural log of p(target) (floored at :data:`PROBABILITY_FLOOR`); higher is better
+    brier        multi-class Brier score, sum over the actions of (p - 1[action = target])^2, in
+                 [0, 2]; lower is better (uniform: 2/3)
+    correct      argmax accuracy; a tie between k actions that include the target counts 1/k (so a
+                 uniform forecast scores exactly 1/3, the chance of picking it at random)
+    """
+    if isinstance(probabilities, pd.DataFrame):
+        probabilities = probabilities[list(PROBABILITY_COLUMNS)].to_numpy(dtype=float)
+    p = np.asarray(probabilities, dtype=float).reshape(-1, len(ACTIONS))
+    if len(p) != len(targets):
+        raise ValueError(f"{len(p)} probability rows for {len(targets)} targets")
+    if not np.isfinite(p).all() or (p < 0).any() or (p.sum(axis=1) <= 0).any():
+        raise ValueError("probabilities must be finite, non-negative and not all zero")
+    p = p / p.sum(axis=1, keepdims=True)
+    target = [t if isinstance(t, str) else None for t in targets]
+    unknown = {t for t in target if t is not None} - set(ACTIONS)
+    if unknown:
+        raise ValueError(f"targets {sorted(unknown)}: expected one of {ACTIONS}")
+    index = np.array([ACTIONS.index(t) if t is not None else -1 for t in target])
+    scored = index >= 0
+    onehot = np.zeros_like(p)
+    onehot[np.flatnonzero(scored), index[scored]] = 1.0
+    picked = p[np.arange(len(p)), np.where(scored, index, 0)]
+    is_max = np.isclose(p, p.max(axis=1, keepdims=True), rtol=0.0, atol=1e-12)
+    on_target = is_max[np.arange(len(p)), np.where(scored, index, 0)]
+    frame = pd.DataFrame(p, columns=list(PROBABILITY_COLUMNS))
+    frame["target"] = target
+    frame["logp_target"] = np.where(scored, np.log(np.maximum(picked, PROBABILITY_FLOOR)), np.nan)
+    frame["brier"] = np.where(scored, ((p - onehot) ** 2).sum(axis=1), np.nan)
+    frame["correct"] = np.where(scored, on_target / is_max.sum(axis=1), np.nan)
+    return frame
+
+
+def choice_summary(scores: pd.DataFrame) -> dict[str, float]:
+    """Means of :func:`choice_scores` over the scored items: n, logp_target, brier, accuracy."""
+    scored = scores.dropna(subset=["logp_target"])
+    return {
+        "n": float(len(scored)),
+        "logp_target": _nan_if_empty(scored["logp_target"].to_numpy(float)),
+        "brier": _nan_if_empty(scored["brier"].to_numpy(float)),
+        "accuracy": _nan_if_empty(scored["correct"].to_numpy(float)),
+    }
+
+
 # ---------------------------------------------------------------- decisions
 
 
 @dataclass
 class DecisionMetrics:
-    """Decisions of a policy model on one split's decision points.
+    """Generated decisions of a policy model on one split's decision points: the format metric.
+
+    Decision quality is measured by likelihood (:func:`choice_scores`); generation only tells
+    whether the model writes its decision in the contract's form.
 
     n: decision points (unique prompts).
     n_scored: decision points with a target (``best_action_ex_ante`` not null).
-    accuracy: share of scored points whose parsed action equals the ex-ante best action; an
-        unparseable completion counts as wrong.
-    well_formed: share of completions that parse with at least one reasoning step.
-    parsed: share of completions whose last line is a valid decision (well-formed or not).
-    action_distribution: share of each parsed action over n, plus ``invalid`` (no decision).
+    well_formed: share of completions that open with a valid decision line
+        (:func:`training.decision_line.parse_decision`).
+    accuracy: share of scored points whose generated action equals the target; a completion
+        that is not well-formed counts as wrong.
+    mean_steps: mean number of reasoning lines after the decision line, over well-formed ones.
+    action_distribution: share of each generated action over n, plus ``invalid`` (no decision).
     majority_accuracy: accuracy of always answering the most frequent target (context for
         ``accuracy``).
     items: one row per decision point: prompt, target, completion, action (None when invalid),
@@ -141,7 +158,7 @@ class DecisionMetrics:
     n_scored: int
     accuracy: float
     well_formed: float
-    parsed: float
+    mean_steps: float
     action_distribution: dict[str, float]
     majority_accuracy: float
     items: pd.DataFrame = field(repr=False)
@@ -152,7 +169,7 @@ class DecisionMetrics:
             "n_scored": float(self.n_scored),
             "accuracy": self.accuracy,
             "well_formed": self.well_formed,
-            "parsed": self.parsed,
+            "mean_steps": self.mean_steps,
             "majority_accuracy": self.majority_accuracy,
         }
         flat.update({f"action_{k}": v for k, v in self.action_distribution.items()})
@@ -166,7 +183,7 @@ def decision_metrics(
     split: str | None = "test",
     batch_size: int | None = None,
 ) -> DecisionMetrics:
-    """Generate a decision for every decision point of a split and score it.
+    """Generate a decision for every decision point of a split and read it (format metric).
 
     A decision point is a unique ``prompt`` (the prompt renders the point's symbol, interval,
     time and features, and is the same for every policy's episode there); its target is the
@@ -196,7 +213,7 @@ def decision_metrics(
                 "action": action,
                 "size": parsed.size if parsed else math.nan,
                 "n_steps": parsed.n_steps if parsed else 0,
-                "well_formed": bool(parsed and parsed.well_formed),
+                "well_formed": parsed is not None,
                 "correct": math.nan if target is None else float(action == target),
             }
         )
@@ -214,7 +231,7 @@ def decision_metrics(
         n_scored=len(scored),
         accuracy=_nan_if_empty(scored["correct"].to_numpy()),
         well_formed=_nan_if_empty(items["well_formed"].to_numpy(dtype=float)),
-        parsed=_nan_if_empty(items["action"].notna().to_numpy(dtype=float)),
+        mean_steps=_nan_if_empty(items.loc[items["well_formed"], "n_steps"].to_numpy(float)),
         action_distribution=distribution,
         majority_accuracy=majority,
         items=items,
@@ -447,3 +464,80 @@ def prm_metrics(
         faulty_step_chance=_nan_if_empty(perturbed_items["chance"].to_numpy(dtype=float)),
         items=items,
     )
+
+
+def step_metrics(
+    scores: Sequence[Sequence[float]],
+    labels: Sequence[Sequence[bool]],
+    faulty_steps: Sequence[int | None],
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Step-level metrics of PRM scores (probability that a step is correct), as the PRM trainer
+    reports them on its evaluation split.
+
+    step_auc                 correct steps ranked above faulty ones (:func:`roc_auc`)
+    step_f1                  F1 of "faulty" (the class a PRM exists to find): score < threshold
+    step_accuracy            share of steps on the right side of the threshold
+    faulty_step_found_rate   perturbed traces whose lowest-scored step is the faulty one
+                             (faulty_steps here are 0-based; None for unperturbed traces)
+    """
+    flat_scores = np.asarray([s for trace in scores for s in trace], dtype=float)
+    flat_labels = np.asarray(
+        [bool(v) for trace, lab in zip(scores, labels, strict=True) for v in lab[: len(trace)]],
+        dtype=bool,
+    )
+    predicted_faulty = flat_scores < threshold
+    found = [
+        int(np.argmin(trace)) == faulty
+        for trace, faulty in zip(scores, faulty_steps, strict=True)
+        if faulty is not None and 0 <= faulty < len(trace)
+    ]
+    return {
+        "step_auc": roc_auc(flat_labels, flat_scores),
+        "step_f1": f1_score(~flat_labels, predicted_faulty) if flat_labels.size else math.nan,
+        "step_accuracy": _nan_if_empty(predicted_faulty == ~flat_labels),
+        "faulty_step_found_rate": _nan_if_empty(np.asarray(found, dtype=float)),
+        "n_perturbed_traces": float(len(found)),
+        "n_steps": float(flat_scores.size),
+    }
+
+
+STEP_KINDS: tuple[str, ...] = ("observation", "inference", "decision")
+
+
+def step_kind_metrics(steps: pd.DataFrame, score: str = "score") -> dict[str, float]:
+    """A step scorer's metrics pooled, per step kind and on perturbed traces.
+
+    ``steps``: one row per step: trace_id, step_index (1-based), kind, label (hard, True =
+    correct), is_perturbed, faulty_step_index (1-based, NaN for unperturbed traces) and the
+    ``score`` column (higher = more likely correct).
+
+    auc                 ROC AUC over all steps (:func:`roc_auc`)
+    auc_<kind>          within one kind (a scorer that only knows the kind scores 0.5 there)
+    auc_perturbed       over the steps of perturbed traces (the faulty step against its
+                        trace-mates and the other perturbed traces' steps)
+    faulty_step_found   perturbed traces whose lowest-scored step is the faulty one, a tie of k
+                        steps that include it counting 1/k; faulty_step_chance: mean 1 / n_steps
+    n_steps, n_<kind>   steps scored
+    """
+    label = steps["label"].astype(bool).to_numpy()
+    values = steps[score].to_numpy(dtype=float)
+    out: dict[str, float] = {"n_steps": float(len(steps)), "auc": roc_auc(label, values)}
+    for kind in STEP_KINDS:
+        mask = (steps["kind"] == kind).to_numpy()
+        out[f"auc_{kind}"] = roc_auc(label[mask], values[mask])
+        out[f"n_{kind}"] = float(mask.sum())
+    perturbed = steps["is_perturbed"].fillna(False).astype(bool).to_numpy()
+    out["auc_perturbed"] = roc_auc(label[perturbed], values[perturbed])
+    found, chance = [], []
+    for _, trace in steps[perturbed].groupby("trace_id", sort=False):
+        faulty = trace["faulty_step_index"].dropna()
+        if faulty.empty:
+            continue
+        trace_scores = trace[score].to_numpy(dtype=float)
+        lowest = trace["step_index"].to_numpy()[np.isclose(trace_scores, trace_scores.min())]
+        found.append(1.0 / lowest.size if int(faulty.iloc[0]) in lowest else 0.0)
+        chance.append(1.0 / len(trace))
+    out["faulty_step_found"] = _nan_if_empty(found)
+    out["faulty_step_chance"] = _nan_if_empty(chance)
+    return out

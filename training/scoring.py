@@ -1,0 +1,349 @@
+"""Scoring with a model: what the evaluation, the trainers and the gate ask a checkpoint.
+
+    action_probabilities  the likelihood scorer: one forward pass per item, p(buy / sell / hold)
+                          as the first tokens of the assistant turn, renormalised over the three
+                          (as multiple-choice evaluations score answer options)
+    score_choices         that, per item, against a target: log p(target), Brier, accuracy
+    generate              greedy completions, for the format metric only
+                          (``training.metrics.decision_metrics``), with a token budget from the
+                          data (:func:`generation_budget`)
+    completion_logprobs   summed (or per-token mean) log p(completion | prompt), chat-formatted
+    preference_accuracy   share of pairs where the chosen completion scores higher
+
+Everything runs batched under ``torch.no_grad`` on the model's own device; no Trainer needed, so
+a registry or gate can call these on any loaded checkpoint.
+
+The likelihood scorer
+---------------------
+Completions are decision-first (``training.decision_line``), so the action is what the model
+says first. For each action the scorer renders its decision line as the assistant turn of a
+chat and takes the fewest tokens after the generation prompt that spell the action word: those
+are exactly the tokens an SFT model is trained to put there, whatever the tokenizer does at the
+start of the assistant turn (SmolLM2: one token each, ``buy`` / ``sell`` / ``hold``). log p(action)
+is the sum of those tokens' log-probabilities given the prompt; the three are renormalised by a
+softmax over them. When every action is one token, one forward pass of the prompt gives all
+three (the logits of the last position); otherwise each distinct multi-token prefix adds a row
+(prompt + prefix) to the same batched pass. Only the last positions go through the LM head, so
+memory does not grow with vocabulary x prompt length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from training.data import messages, prompt_ids, prompt_text
+from training.decision_line import ACTIONS, parse_decision, render_decision
+from training.metrics import choice_scores, choice_summary
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def autocast_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU that has it (as in training), nothing on CPU."""
+    device = next(model.parameters()).device
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy completions of chat-formatted prompts (batched, left-padded)."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues from the right end of each row
+    device = next(model.parameters()).device
+    out: list[str] = []
+    try:
+        for chunk in _batches(list(prompts), batch_size):
+            texts = [prompt_text(tokenizer, p, system) for p in chunk]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(device)
+            with autocast_for(model):
+                ids = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            new = ids[:, enc["input_ids"].shape[1] :]
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+    per_token: bool = False,
+) -> list[float]:
+    """Sum of log p(completion token | prefix) over the completion's tokens, chat-formatted;
+    ``per_token``: their mean instead (length-normalised, so a longer completion is not
+    penalised for its length).
+
+    The completion tokens are those after the templated prompt, up to and including the
+    template's end-of-turn, which is what DPO scores too.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        head = prompt_ids(tokenizer, prompt, system)
+        text = tokenizer.apply_chat_template(messages(prompt, completion, system), tokenize=False)
+        full = tokenizer(text, add_special_tokens=False)["input_ids"]
+        start = _common_prefix(head, full)
+        rows.append((full, start))
+    out: list[float] = []
+    try:
+        for chunk in _batches(rows, batch_size):
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (row, _) in enumerate(chunk):
+                ids[i, : len(row)] = torch.tensor(row)
+                mask[i, : len(row)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            with autocast_for(model):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            for i, (row, start) in enumerate(chunk):
+                # Position t predicts token t+1: completion tokens start..len-1.
+                picked = token_logp[i, start - 1 : len(row) - 1]
+                out.append((picked.mean() if per_token else picked.sum()).item())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def preference_accuracy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Share of pairs the model prefers as labelled, and the mean log-prob gap."""
+    if not prompts:
+        return {"preference_accuracy": float("nan"), "logp_margin": float("nan")}
+    good = completion_logprobs(model, tokenizer, prompts, chosen, **kwargs)
+    bad = completion_logprobs(model, tokenizer, prompts, rejected, **kwargs)
+    gaps = [g - b for g, b in zip(good, bad, strict=True)]
+    return {
+        "preference_accuracy": sum(g > 0 for g in gaps) / len(gaps),
+        "logp_margin": sum(gaps) / len(gaps),
+    }
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return max(n, 1)
+
+
+# ----------------------------------------------------------------------- the likelihood scorer
+
+
+def action_token_ids(tokenizer: Any, system: str | None = None) -> dict[str, list[int]]:
+    """The tokens that spell each action word at the start of the assistant turn.
+
+    Each action's decision line (``render_decision``) is rendered as the assistant turn of a
+    chat; the tokens after the generation prompt are read until their text covers the action
+    word. Raises ValueError when the template renders the prompt differently with an answer
+    than without, or when one action's tokens are a prefix of another's (their probabilities
+    would overlap).
+    """
+    probe = "x"
+    head = prompt_ids(tokenizer, probe, system)
+    out: dict[str, list[int]] = {}
+    for action in ACTIONS:
+        line = render_decision(action, 0.25)
+        text = tokenizer.apply_chat_template(messages(probe, line, system), tokenize=False)
+        full = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if full[: len(head)] != head:
+            raise ValueError("the chat template renders the prompt differently with an answer")
+        rest = full[len(head) :]
+        for k in range(1, len(rest) + 1):
+            spelled = tokenizer.decode(rest[:k]).lstrip()
+            if spelled.startswith(action):
+                out[action] = rest[:k]
+                break
+        else:
+            raise ValueError(f"no tokens spell {action!r} at the start of the assistant turn")
+    for a in ACTIONS:
+        for b in ACTIONS:
+            if a != b and out[b][: len(out[a])] == out[a]:
+                raise ValueError(f"the tokens of {a!r} are a prefix of those of {b!r}")
+    return out
+
+
+@torch.no_grad()
+def action_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """log p(action word as the first tokens of the assistant turn | prompt), unnormalised:
+    shape (n prompts, 3), columns in ``ACTIONS`` order (module docstring)."""
+    tokens = action_token_ids(tokenizer, system)
+    prefixes = sorted({tuple(t[:-1]) for t in tokens.values()})
+    keep = max(len(t) for t in tokens.values())  # last positions that predict action tokens
+    heads = [prompt_ids(tokenizer, p, system) for p in prompts]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.empty((len(heads), len(ACTIONS)))
+    try:
+        for start in range(0, len(heads), batch_size):
+            chunk = heads[start : start + batch_size]
+            rows = [head + list(prefix) for head in chunk for prefix in prefixes]
+            width = max(len(r) for r in rows)
+            # Left padding: every row ends at the last column, so the last `keep` positions
+            # are the ones that predict the action tokens.
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with autocast_for(model):
+                logits = model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    logits_to_keep=keep,
+                ).logits.float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            for i in range(len(chunk)):
+                for j, action in enumerate(ACTIONS):
+                    seq = tokens[action]
+                    row = i * len(prefixes) + prefixes.index(tuple(seq[:-1]))
+                    # The row ends with seq[:-1]; the position predicting seq[k] is the one
+                    # len(seq) - 1 - k places before the end.
+                    total = sum(
+                        logp[row, keep - len(seq) + k, token].item() for k, token in enumerate(seq)
+                    )
+                    out[start + i, j] = total
+    finally:
+        model.train(was_training)
+    return out
+
+
+def action_probabilities(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """The likelihood scorer: p(buy), p(sell), p(hold) per prompt (renormalised over the three),
+    and ``action_mass``, the probability the model puts on the three action words before
+    renormalising (how much of its first-token mass is a valid decision)."""
+    logp = action_logprobs(model, tokenizer, prompts, system=system, batch_size=batch_size)
+    mass = np.exp(logp).sum(axis=1) if len(logp) else np.empty(0)
+    shifted = np.exp(logp - logp.max(axis=1, keepdims=True)) if len(logp) else logp
+    probs = shifted / shifted.sum(axis=1, keepdims=True) if len(logp) else logp
+    frame = pd.DataFrame(probs.reshape(-1, len(ACTIONS)), columns=[f"p_{a}" for a in ACTIONS])
+    frame["action_mass"] = mass
+    return frame
+
+
+def score_choices(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str | None],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Per prompt: p(action) (:func:`action_probabilities`) and, against its target, log
+    p(target), Brier and argmax accuracy (``training.metrics.choice_scores``)."""
+    probs = action_probabilities(model, tokenizer, prompts, system=system, batch_size=batch_size)
+    scores = choice_scores(probs, targets)
+    scores["action_mass"] = probs["action_mass"].to_numpy()
+    return scores
+
+
+def generation_budget(tokenizer: Any, completions: Sequence[str], slack: int = 8) -> int:
+    """max_new_tokens that fits the longest completion of the data: its token count, plus one
+    for the end-of-turn token and ``slack`` more, so a perfect imitator is never cut off."""
+    lengths = [
+        len(tokenizer(c, add_special_tokens=False)["input_ids"])
+        for c in completions
+        if isinstance(c, str)
+    ]
+    return max(lengths, default=0) + 1 + slack
+
+
+def decision_scores(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+) -> dict[str, float]:
+    """What a trainer reports after training on held-out (prompt, reference completion) rows.
+
+    decision_accuracy, decision_logp_target, decision_brier: the likelihood scorer against the
+    reference's decision (rows whose reference has no decision line are not scored);
+    decision_well_formed: share of greedy completions that open with a decision line, with
+    ``max_new_tokens`` (None: :func:`generation_budget` of the references).
+    """
+    if not prompts:
+        return {"decision_accuracy": math.nan, "decision_well_formed": math.nan}
+    targets = [getattr(parse_decision(r), "action", None) for r in references]
+    summary = choice_summary(
+        score_choices(model, tokenizer, prompts, targets, system=system, batch_size=batch_size)
+    )
+    budget = max_new_tokens or generation_budget(tokenizer, references)
+    generated = generate(
+        model, tokenizer, prompts, system=system, max_new_tokens=budget, batch_size=batch_size
+    )
+    well_formed = [parse_decision(g) is not None for g in generated]
+    return {
+        "decision_accuracy": summary["accuracy"],
+        "decision_logp_target": summary["logp_target"],
+        "decision_brier": summary["brier"],
+        "decision_well_formed": sum(well_formed) / len(well_formed),
+        "decision_max_new_tokens": float(budget),
+    }
