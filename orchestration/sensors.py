@@ -24,7 +24,7 @@ from dagster._core.storage.tags import (
 )
 
 from assets.core.resources import FeedsResource, StorageResource
-from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, scan_landing
+from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, refused_files, scan_landing
 from assets.ingestion.raw_assets import landing_key
 
 # New files' days further apart than this become separate runs. Days in between are built as
@@ -33,6 +33,7 @@ from assets.ingestion.raw_assets import landing_key
 # cluster of days.
 MAX_GAP_DAYS = 92
 REASON_TAG = "decision_data/reason"
+UNINDEXABLE = "not indexed"
 
 
 def _spans(days: list[str]) -> list[tuple[str, str]]:
@@ -97,10 +98,33 @@ def landing_sensor(
     declared = feeds.load()
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     landed = scan_landing(storage.get(), declared)
+    # Files whose names cannot be indexed (sha256 ""): reported once each, never read.
+    unindexable = [f for f in landed if not f.sha256 and seen.get(f.path) != UNINDEXABLE]
+    landed = [f for f in landed if f.sha256]
     new = [f for f in landed if seen.get(f.path) != f.sha256]
-    if not new:
+    if not new and not unindexable:
         return dg.SensorResult(skip_reason="no new landed files")
-    events = [
+    for f in unindexable:
+        context.log.warning(f"feed {f.feed!r}: {f.path!r} is {f.error}")
+    # A correction replaces the versions before it: their days are built again too (a day
+    # the correction no longer touches must lose the superseded rows).
+    new_paths = {f.path for f in new}
+    refused = refused_files(landed)
+    superseded = [
+        f
+        for f in landed
+        if f.path not in new_paths
+        and refused.get(f.path, "").removeprefix("superseded by the correction ") in new_paths
+    ]
+    events: list = [
+        dg.AssetObservation(
+            asset_key=landing_key(f.feed),
+            description=f"not indexed: {f.path}",
+            metadata={"path": f.path, "size_bytes": f.size, "error": f.error or ""},
+        )
+        for f in unindexable
+    ]
+    events += [
         dg.AssetMaterialization(
             asset_key=landing_key(f.feed),
             description=f"landed {f.path}",
@@ -120,8 +144,11 @@ def landing_sensor(
     for f in new:
         if f.error:
             context.log.warning(f"feed {f.feed!r}, file {f.path!r} is unreadable: {f.error}")
-    requests = run_requests_for(new, {name: spec.kind for name, spec in declared.items()})
+    requests = run_requests_for(
+        new + superseded, {name: spec.kind for name, spec in declared.items()}
+    )
     seen.update({f.path: f.sha256 for f in new})
+    seen.update({f.path: UNINDEXABLE for f in unindexable})
     return dg.SensorResult(
         run_requests=requests, asset_events=events, cursor=json.dumps(seen, sort_keys=True)
     )
