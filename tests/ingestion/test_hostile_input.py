@@ -309,3 +309,43 @@ def test_corpus_through_dagster_checks(local_storage, tmp_path):
     readable = checks["landed_files_readable"]
     assert not readable.passed
     assert {f["file"] for f in readable.metadata["unreadable_files"].value} == set(hostile)
+
+
+def test_sensor_reports_unindexable_files_once_and_rebuilds_superseded_days(
+    local_storage, tmp_path
+):
+    from orchestration.sensors import landing_sensor
+
+    feeds_file = tmp_path / "feeds.yaml"
+    feeds_file.write_text(FEEDS_YAML)
+    feed = load_feeds(feeds_file)["daily-index"]
+    resources = {
+        "storage": StorageResource(root=local_storage.root),
+        "feeds": FeedsResource(path=str(feeds_file)),
+    }
+
+    def tick(cursor):
+        return landing_sensor(dg.build_sensor_context(cursor=cursor, resources=resources))
+
+    land_file(local_storage, feed, _write(tmp_path, "idx-c.csv", HEADER + _bars(WEEK_2)))
+    local_storage.write_bytes(f"{PREFIX}/sub/x.csv", (HEADER + _bars(WEEK_1)).encode())
+    first = tick(None)
+    observed = [e for e in first.asset_events if isinstance(e, dg.AssetObservation)]
+    assert [e.metadata["path"].value for e in observed] == [f"{PREFIX}/sub/x.csv"]
+    assert "path separator" in observed[0].metadata["error"].value
+    (request,) = first.run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "2000-01-10"
+    assert request.tags["dagster/asset_partition_range_end"] == "2000-01-14"
+    # Seen once: the next tick skips.
+    assert tick(first.cursor).skip_reason.skip_message == "no new landed files"
+
+    # A correction that drops the last day: the run covers the superseded file's days too.
+    land_file(
+        local_storage,
+        feed,
+        _write(tmp_path, "idx-c.csv", HEADER + _bars(WEEK_2[:3])),
+        correction=True,
+    )
+    (request,) = tick(first.cursor).run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "2000-01-10"
+    assert request.tags["dagster/asset_partition_range_end"] == "2000-01-14"
