@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from dagster_daemon import start_daemon
 
 from assets.core.feeds import load_feeds
 from assets.core.storage import Storage
@@ -130,16 +131,9 @@ def test_daemon_sensor_ingests_a_landed_file(tmp_path, monkeypatch):
     )
     land_file(Storage(str(root)), load_feeds(feeds_file)["desk"], local)
 
+    instance = _open_instance(home, env, monkeypatch)  # its storage first: see start_daemon
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-m", "orchestration.definitions"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    instance = _open_instance(home, env, monkeypatch)
+    daemon = start_daemon(env, log)
     try:
         deadline = time.monotonic() + 180
         runs = []
