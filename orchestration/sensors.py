@@ -23,6 +23,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from assets.core.partitions import daily_partitions
 from assets.core.resources import FeedsResource, StorageResource
 from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, refused_files, scan_landing
 from assets.ingestion.raw_assets import landing_key
@@ -50,8 +51,11 @@ def _spans(days: list[str]) -> list[tuple[str, str]]:
     return spans
 
 
-def run_requests_for(files: list[LandedFile], kind_of_feed: dict[str, str]) -> list[dg.RunRequest]:
-    """The runs that ingest ``files``: per raw table and span of days."""
+def run_requests_for(
+    files: list[LandedFile], kind_of_feed: dict[str, str], last_day: str | None = None
+) -> list[dg.RunRequest]:
+    """The runs that ingest ``files``: per raw table and span of days, up to ``last_day`` (the
+    last partition that exists: a request for a later day would fail the whole tick)."""
     by_table: dict[str, list[LandedFile]] = defaultdict(list)
     for f in files:
         kind = kind_of_feed.get(f.feed)
@@ -59,7 +63,8 @@ def run_requests_for(files: list[LandedFile], kind_of_feed: dict[str, str]) -> l
             by_table[TABLE_OF_KIND[kind]].append(f)
     requests = []
     for table, table_files in sorted(by_table.items()):
-        for first, last in _spans([d for f in table_files for d in f.dates]):
+        days = [d for f in table_files for d in f.dates if last_day is None or d <= last_day]
+        for first, last in _spans(days):
             covered = sorted(
                 (f.path, f.sha256) for f in table_files if any(first <= d <= last for d in f.dates)
             )
@@ -144,8 +149,15 @@ def landing_sensor(
     for f in new:
         if f.error:
             context.log.warning(f"feed {f.feed!r}, file {f.path!r} is unreadable: {f.error}")
+    last_day = daily_partitions.get_last_partition_key()
+    for f in new:
+        if f.dates and last_day and f.dates[-1] > last_day:
+            context.log.warning(
+                f"feed {f.feed!r}, file {f.path!r} has rows dated after {last_day}, the last "
+                "partition: they wait for their day (nothing_lost reports them as pending)"
+            )
     requests = run_requests_for(
-        new + superseded, {name: spec.kind for name, spec in declared.items()}
+        new + superseded, {name: spec.kind for name, spec in declared.items()}, last_day
     )
     seen.update({f.path: f.sha256 for f in new})
     seen.update({f.path: UNINDEXABLE for f in unindexable})

@@ -349,3 +349,24 @@ def test_sensor_reports_unindexable_files_once_and_rebuilds_superseded_days(
     (request,) = tick(first.cursor).run_requests
     assert request.tags["dagster/asset_partition_range_start"] == "2000-01-10"
     assert request.tags["dagster/asset_partition_range_end"] == "2000-01-14"
+
+
+def test_sensor_requests_no_partition_after_the_last(local_storage, tmp_path):
+    """A row dated 2099 must not make the sensor request a partition that does not exist (the
+    whole tick would fail, for every file); it waits for its day."""
+    from orchestration.sensors import landing_sensor
+
+    feeds_file = tmp_path / "feeds.yaml"
+    feeds_file.write_text(FEEDS_YAML)
+    feed = load_feeds(feeds_file)["daily-index"]
+    land_file(
+        local_storage, feed, _write(tmp_path, "f.csv", HEADER + _bars(["2024-05-02", "2099-05-04"]))
+    )
+    context = dg.build_sensor_context(
+        resources={
+            "storage": StorageResource(root=local_storage.root),
+            "feeds": FeedsResource(path=str(feeds_file)),
+        }
+    )
+    (request,) = landing_sensor(context).run_requests
+    assert request.partition_key == "2024-05-02"
