@@ -61,7 +61,9 @@ CHECKS = {
     "quarantine_rate": f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of the rows read were "
     "quarantined; metadata shows counts by reason and a sample.",
     "landed_files_readable": "Warns when a landed file could not be read at all (empty, not "
-    "UTF-8, truncated archive, missing columns, wrong delimiter); names file, feed and reason.",
+    "UTF-8, truncated archive, missing columns, wrong delimiter), or a file in the landing zone "
+    "cannot be indexed (not a plain file name: a subfolder, a backslash, a control character); "
+    "names file, feed and reason.",
 }
 
 
@@ -90,7 +92,10 @@ def build_landing_specs(feeds: dict[str, FeedSpec]) -> list[dg.AssetSpec]:
 
 
 def _table_metadata(report: IngestReport, storage_root: str) -> dict[str, dg.MetadataValue]:
-    files_md = "| file | sha256 | read | accepted | quarantined | error or refusal |\n|---|---|---|---|---|---|\n"
+    files_md = (
+        "| file | sha256 | read | accepted | quarantined | error or refusal |\n"
+        "|---|---|---|---|---|---|\n"
+    )
     files_md += "\n".join(
         f"| {f.source_file} | `{f.source_hash[:12]}` | {f.rows_read} | {f.accepted} | "
         f"{f.quarantined} | {f.error or f.refused or ''} |"
