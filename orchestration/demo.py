@@ -138,7 +138,11 @@ def _failed_dbt_checks(instance: DagsterInstance, assets_def) -> list[str]:
 
 
 def _land_frame(storage, feed, frame, name: str) -> None:
-    """Write an example frame as CSV and land it (immutable: an existing file stays)."""
+    """Write an example frame as CSV and land it (immutable: an existing file stays, even if
+    this demo run would write other rows: landing them under the same name is refused)."""
+    if storage.exists(feed.landed_path(name)):
+        print(f"already landed: {storage.uri(feed.landed_path(name))} (kept)")
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         frame.to_csv(path, index=False)

@@ -23,8 +23,9 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from assets.core.partitions import daily_partitions
 from assets.core.resources import FeedsResource, StorageResource
-from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, scan_landing
+from assets.ingestion.ingest import TABLE_OF_KIND, LandedFile, refused_files, scan_landing
 from assets.ingestion.raw_assets import landing_key
 
 # New files' days further apart than this become separate runs. Days in between are built as
@@ -33,6 +34,7 @@ from assets.ingestion.raw_assets import landing_key
 # cluster of days.
 MAX_GAP_DAYS = 92
 REASON_TAG = "decision_data/reason"
+UNINDEXABLE = "not indexed"
 
 
 def _spans(days: list[str]) -> list[tuple[str, str]]:
@@ -49,8 +51,11 @@ def _spans(days: list[str]) -> list[tuple[str, str]]:
     return spans
 
 
-def run_requests_for(files: list[LandedFile], kind_of_feed: dict[str, str]) -> list[dg.RunRequest]:
-    """The runs that ingest ``files``: per raw table and span of days."""
+def run_requests_for(
+    files: list[LandedFile], kind_of_feed: dict[str, str], last_day: str | None = None
+) -> list[dg.RunRequest]:
+    """The runs that ingest ``files``: per raw table and span of days, up to ``last_day`` (the
+    last partition that exists: a request for a later day would fail the whole tick)."""
     by_table: dict[str, list[LandedFile]] = defaultdict(list)
     for f in files:
         kind = kind_of_feed.get(f.feed)
@@ -58,7 +63,8 @@ def run_requests_for(files: list[LandedFile], kind_of_feed: dict[str, str]) -> l
             by_table[TABLE_OF_KIND[kind]].append(f)
     requests = []
     for table, table_files in sorted(by_table.items()):
-        for first, last in _spans([d for f in table_files for d in f.dates]):
+        days = [d for f in table_files for d in f.dates if last_day is None or d <= last_day]
+        for first, last in _spans(days):
             covered = sorted(
                 (f.path, f.sha256) for f in table_files if any(first <= d <= last for d in f.dates)
             )
@@ -97,10 +103,33 @@ def landing_sensor(
     declared = feeds.load()
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     landed = scan_landing(storage.get(), declared)
+    # Files whose names cannot be indexed (sha256 ""): reported once each, never read.
+    unindexable = [f for f in landed if not f.sha256 and seen.get(f.path) != UNINDEXABLE]
+    landed = [f for f in landed if f.sha256]
     new = [f for f in landed if seen.get(f.path) != f.sha256]
-    if not new:
+    if not new and not unindexable:
         return dg.SensorResult(skip_reason="no new landed files")
-    events = [
+    for f in unindexable:
+        context.log.warning(f"feed {f.feed!r}: {f.path!r} is {f.error}")
+    # A correction replaces the versions before it: their days are built again too (a day
+    # the correction no longer touches must lose the superseded rows).
+    new_paths = {f.path for f in new}
+    refused = refused_files(landed)
+    superseded = [
+        f
+        for f in landed
+        if f.path not in new_paths
+        and refused.get(f.path, "").removeprefix("superseded by the correction ") in new_paths
+    ]
+    events: list = [
+        dg.AssetObservation(
+            asset_key=landing_key(f.feed),
+            description=f"not indexed: {f.path}",
+            metadata={"path": f.path, "size_bytes": f.size, "error": f.error or ""},
+        )
+        for f in unindexable
+    ]
+    events += [
         dg.AssetMaterialization(
             asset_key=landing_key(f.feed),
             description=f"landed {f.path}",
@@ -120,8 +149,18 @@ def landing_sensor(
     for f in new:
         if f.error:
             context.log.warning(f"feed {f.feed!r}, file {f.path!r} is unreadable: {f.error}")
-    requests = run_requests_for(new, {name: spec.kind for name, spec in declared.items()})
+    last_day = daily_partitions.get_last_partition_key()
+    for f in new:
+        if f.dates and last_day and f.dates[-1] > last_day:
+            context.log.warning(
+                f"feed {f.feed!r}, file {f.path!r} has rows dated after {last_day}, the last "
+                "partition: they wait for their day (nothing_lost reports them as pending)"
+            )
+    requests = run_requests_for(
+        new + superseded, {name: spec.kind for name, spec in declared.items()}, last_day
+    )
     seen.update({f.path: f.sha256 for f in new})
+    seen.update({f.path: UNINDEXABLE for f in unindexable})
     return dg.SensorResult(
         run_requests=requests, asset_events=events, cursor=json.dumps(seen, sort_keys=True)
     )

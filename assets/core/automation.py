@@ -39,6 +39,9 @@ def upstream_blocking_check_failed() -> dg.AutomationCondition:
 # them a dependency requested in the same tick runs in the same run (see below).
 UNPARTITIONED_TAG = ("partitioning", "none")
 UNPARTITIONED_ASSETS = dg.AssetSelection.tag(*UNPARTITIONED_TAG)
+# The monthly episode models (staging and intermediate): `--select 'tag:partitioning=monthly'`
+# rebuilds a range of months without the marts, training or monitoring downstream of them.
+MONTHLY_TAG = ("partitioning", "monthly")
 
 
 def follow_upstream_unpartitioned(

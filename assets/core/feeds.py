@@ -86,10 +86,77 @@ BINANCE_COLUMN_MAP = {
 }
 
 SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]{1,32}$")
+FEED_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# A landed file's name: one plain name inside its feed's folder. Letters, digits and a few
+# punctuation marks; no separators, no "..", no control characters, nothing DuckDB reads as a
+# glob (* ? [ ] { }) or SQL quoting; it starts with a letter or digit because names starting
+# with "." or "_" are in-flight writes and bookkeeping files (the collector's state).
+LANDED_NAME_PATTERN = re.compile(r"[^\W_][\w.+=@,~() -]*")
+LANDED_NAME_MAX_BYTES = 255
+# A corrected version of a landed file: ``<stem>.correction-<N><suffixes>`` (see land_file).
+CORRECTION_PATTERN = re.compile(
+    r"(?P<stem>.+?)\.correction-(?P<n>[1-9][0-9]*)(?P<suffixes>(\.[^.]*)*)"
+)
 
 
 class FeedConfigError(ValueError):
     """The feeds file is wrong; the message names the feed and the field."""
+
+
+class LandingNameError(ValueError):
+    """A name that cannot be a landed file: it could leave the feed's folder or hide there."""
+
+
+def check_landed_name(name: object) -> str:
+    """``name`` if it is a plain file name a feed's folder can hold, else LandingNameError.
+
+    The one check every way into the landing zone goes through (the landing CLI and API, the
+    collector, the landing scan), so that nothing is written outside the storage root and
+    every landed file can be indexed."""
+    if not isinstance(name, str) or not name:
+        raise LandingNameError(f"landed file name {name!r}: empty or not text")
+    if "/" in name or "\\" in name:
+        raise LandingNameError(f"landed file name {name!r}: contains a path separator")
+    if name in (".", "..") or name.startswith((".", "_")):
+        raise LandingNameError(
+            f"landed file name {name!r}: starts with '.' or '_' (reserved for in-flight writes "
+            "and bookkeeping files)"
+        )
+    if len(name.encode()) > LANDED_NAME_MAX_BYTES or name != name.strip():
+        raise LandingNameError(
+            f"landed file name {name!r}: longer than {LANDED_NAME_MAX_BYTES} bytes, or leading "
+            "or trailing blanks"
+        )
+    if not LANDED_NAME_PATTERN.fullmatch(name):
+        raise LandingNameError(
+            f"landed file name {name!r}: only letters, digits, spaces and . _ - + = @ , ~ ( ) "
+            "are allowed (no control characters, quotes or glob characters)"
+        )
+    return name
+
+
+def landed_path(feed_name: str, name: str) -> str:
+    """``landing/<feed>/<name>`` after checking both parts (see :func:`check_landed_name`)."""
+    if not isinstance(feed_name, str) or not FEED_NAME_PATTERN.fullmatch(feed_name):
+        raise LandingNameError(f"feed name {feed_name!r} is not a declared feed's name")
+    return f"landing/{feed_name}/{check_landed_name(name)}"
+
+
+def correction_of(name: str) -> tuple[str, int]:
+    """(the originally landed name, version): ``x.correction-2.csv`` → ("x.csv", 2);
+    a name that is not a correction is version 0 of itself."""
+    match = CORRECTION_PATTERN.fullmatch(name)
+    if not match:
+        return name, 0
+    return match["stem"] + match["suffixes"], int(match["n"])
+
+
+def correction_name(name: str, version: int) -> str:
+    """The name of correction ``version`` of the landed ``name``: the marker goes before the
+    file's suffixes (``.csv.gz``) so readers still recognise the format."""
+    base, _ = correction_of(name)
+    stem, dot, suffixes = base.partition(".")
+    return f"{stem}.correction-{version}{dot}{suffixes}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +189,10 @@ class FeedSpec:
     @property
     def landing_prefix(self) -> str:
         return f"landing/{self.name}"
+
+    def landed_path(self, name: str) -> str:
+        """Where a file named ``name`` lands; refuses names that are not plain file names."""
+        return landed_path(self.name, name)
 
     def source_column(self, canonical: str) -> str | None:
         """The file's column holding a canonical column, or None when the file lacks it."""
@@ -171,7 +242,7 @@ def parse_feed(raw: dict[str, Any]) -> FeedSpec:
     if not isinstance(raw, dict):
         raise FeedConfigError(f"feed entry {raw!r} must be a mapping (name: …, kind: …)")
     name = raw.get("name")
-    if not name or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
+    if not name or not FEED_NAME_PATTERN.fullmatch(str(name)):
         raise FeedConfigError(f"feed name {name!r} must be lower-case letters, digits, - or _")
     known = {f for f in FeedSpec.__dataclass_fields__}
     unknown = set(raw) - known

@@ -6,7 +6,7 @@ statement for sensors, freshness and backfills (see the README's notes on calend
 
 from dagster import DailyPartitionsDefinition, MonthlyPartitionsDefinition
 
-HISTORY_START = "2000-01-01"
+from assets.core.calendar import HISTORY_START
 
 # end_offset=1 includes today's partition, so live micro-batches land in a partition that exists.
 daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, end_offset=1, timezone="UTC")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -22,6 +24,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+
+HASH_CHUNK = 8 * 1024 * 1024
+# Scratch folders are named after the process and host that own them, so that the leftovers of
+# a killed process can be told from the folders of a live one: dd-stage-<pid>-<host key>-<random>.
+SCRATCH_NAME = re.compile(r"dd-(stage|read)-(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-")
+_HOST_KEY = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def scratch_prefix(kind: str) -> str:
+    return f"{kind}-{os.getpid()}-{_HOST_KEY}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def file_sha256(path: str | Path) -> str:
@@ -82,6 +104,11 @@ class Storage:
         return f"{self.root}/{rel}" if rel else self.root
 
     def _full(self, rel: str) -> str:
+        # Defence in depth behind the landed-name check: no relative path may climb out of the
+        # root or start from another one.
+        parts = rel.split("/") if rel else []
+        if rel.startswith("/") or any(p in ("..", ".") for p in parts) or "\x00" in rel:
+            raise ValueError(f"{rel!r} is not a path inside the storage root {self.root}")
         return f"{self._base}/{rel}" if rel else self._base
 
     def _rel(self, full: str) -> str:
@@ -123,11 +150,12 @@ class Storage:
         if not self.is_s3:
             yield Path(self._full(rel))
             return
-        with tempfile.TemporaryDirectory(prefix="dd-read-") as tmp:
+        full = self._full(rel)
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("dd-read")) as tmp:
             # Keep the relative path: readers rely on names (file dates, hive date=… folders).
             local = Path(tmp) / rel
             local.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(self._full(rel), str(local))
+            self.fs.get(full, str(local))
             yield local
 
     # -- writing ----------------------------------------------------------------------------
@@ -174,11 +202,26 @@ class Storage:
     def staging_dir(self) -> Iterator[Path]:
         """A local scratch folder for files about to be committed. Locally it sits inside the
         root so that the final rename stays on one filesystem."""
-        if self.is_s3:
-            with tempfile.TemporaryDirectory(prefix="dd-stage-") as tmp:
-                yield Path(tmp)
-        else:
-            base = Path(self.root) / ".staging"
-            base.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="dd-stage-", dir=base) as tmp:
-                yield Path(tmp)
+        base = self._staging_base()
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("dd-stage"), dir=base) as tmp:
+            yield Path(tmp)
+
+    def _staging_base(self) -> Path:
+        return Path(tempfile.gettempdir()) if self.is_s3 else Path(self.root) / ".staging"
+
+    def clean_stale_staging(self) -> list[str]:
+        """Remove the scratch folders of processes of this host that are gone (a run killed with
+        SIGKILL leaves its staging folder: 1,208 files after one killed history backfill).
+        Folders of live processes and of other hosts are kept. Returns the removed paths."""
+        removed = []
+        for base in {self._staging_base(), Path(tempfile.gettempdir())}:
+            if not base.is_dir():
+                continue
+            for entry in base.iterdir():
+                match = SCRATCH_NAME.match(entry.name)
+                if not match or match["host"] != _HOST_KEY or _process_alive(int(match["pid"])):
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+        return sorted(removed)

@@ -17,6 +17,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from assets.core.automation import (
+    MONTHLY_TAG,
     UNPARTITIONED_TAG,
     follow_upstream,
     follow_upstream_unpartitioned,
@@ -59,7 +60,10 @@ class EpisodeTranslator(DagsterDbtTranslator):
             ),
         ).merge_attributes(
             kinds={"duckdb"},
-            tags={"layer": layer, **(dict([UNPARTITIONED_TAG]) if unpartitioned else {})},
+            tags={
+                "layer": layer,
+                **dict([UNPARTITIONED_TAG if unpartitioned else MONTHLY_TAG]),
+            },
         )
         lookahead = int((node.get("meta") or {}).get("lookahead_months", 0))
         if lookahead:

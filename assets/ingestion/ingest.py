@@ -17,6 +17,7 @@ landed files gives byte-identical Parquet (tested). No sort: it would cost more 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from assets.core.feeds import REQUIRED_COLUMNS, SYMBOL_PATTERN, FeedSpec
+from assets.core.calendar import HISTORY_START
+from assets.core.feeds import (
+    REQUIRED_COLUMNS,
+    SYMBOL_PATTERN,
+    FeedSpec,
+    LandingNameError,
+    check_landed_name,
+    correction_of,
+)
 from assets.core.storage import Storage, file_sha256
 from assets.ingestion.readers import CANONICAL, FileReadError, select_canonical, sql_literal
 
@@ -42,10 +51,13 @@ TABLE_OF_KIND = {
     "feedback": "raw_feedback",
 }
 INDEX_PREFIX = "state/landing_index"
+# Part of each index key: entries of an older layout (without row counts) are rebuilt.
+INDEX_VERSION = "2"
 ROW_GROUP_ROWS = 1_000_000
 # The UTC day of a TIMESTAMPTZ. CAST(ts AS DATE) goes through ICU time zones row by row (about
 # 1.5 s per 5 million rows); through epoch microseconds it is plain integer arithmetic.
 UTC_DATE = "CAST(make_timestamp(epoch_us(ts)) AS DATE)"
+FIRST_DAY = f"DATE '{HISTORY_START}'"
 LARGE_DAY_ROWS = 100_000
 
 RAW_SCHEMAS: dict[str, pa.Schema] = {
@@ -144,6 +156,12 @@ def file_error_path(feed: str, sha256: str) -> str:
     return f"quarantine/_files/{feed}/{sha256}.json"
 
 
+def refused_file_path(feed: str, filename: str) -> str:
+    """The record of a readable file whose rows are not ingested (a duplicate, a superseded
+    version): per name, as a duplicate shares its content hash with the file that is kept."""
+    return f"quarantine/_files/{feed}/refused/{filename}.json"
+
+
 # --------------------------------------------------------------------------------------------
 # Landing index
 # --------------------------------------------------------------------------------------------
@@ -158,6 +176,14 @@ class LandedFile:
     modified: str
     dates: tuple[str, ...] = ()
     error: str | None = None
+    # Rows per partition day as the index counted them when the file was first seen (rows
+    # without a usable time and unreadable lines under the file's first day): the expected
+    # side of the nothing-lost count-back, counted apart from the ingestion.
+    rows_by_day: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_by_day.values())
 
     @property
     def home_date(self) -> str | None:
@@ -182,26 +208,58 @@ def new_connection(
     return con
 
 
-def _dates_in_file(
+def _first_partition_day(day: str) -> str:
+    """Rows before the first partition are filed (and quarantined) under the first day."""
+    return max(day, HISTORY_START)
+
+
+def _rows_by_day(
     con: duckdb.DuckDBPyConnection, feed: FeedSpec, local: Path, name: str
-) -> tuple[str, ...]:
+) -> dict[str, int]:
+    """Rows of the file per partition day, as the ingestion will file them: by the UTC day of
+    their time (the day the name declares, for daily files), days before the first partition
+    on the first day; rows without a usable time and unreadable lines on the file's first day."""
     declared = feed.date_for_file(name)
-    if declared:
-        return (declared,)
-    sql, _ = select_canonical(feed, local, name)
+    sql, uses_rejects = select_canonical(feed, local, name)
+    con.execute("DROP TABLE IF EXISTS dd_rejects")
+    con.execute("DROP TABLE IF EXISTS dd_reject_scans")
     try:
         rows = con.execute(
-            f"SELECT DISTINCT {UTC_DATE} AS d FROM ({sql}) WHERE ts IS NOT NULL ORDER BY d"
+            f"SELECT CAST({UTC_DATE} AS VARCHAR) AS d, count(*) FROM ({sql}) GROUP BY d"
         ).fetchall()
+        unreadable = (
+            con.execute("SELECT count(DISTINCT line) FROM dd_rejects").fetchone()[0]
+            if uses_rejects
+            else 0
+        )
     except duckdb.Error as exc:
         raise FileReadError(feed.name, name, f"unreadable: {exc}") from exc
-    if not rows:
+    dated = {d: n for d, n in rows if d is not None}
+    undated = sum(n for d, n in rows if d is None) + unreadable
+    if declared:
+        return {_first_partition_day(declared): sum(dated.values()) + undated}
+    if not dated:
         # No day to file its rows under: without an error the file would never be ingested
         # nor reported.
         raise FileReadError(
             feed.name, name, "no row has a usable timestamp (check the feed's 'timestamp')"
         )
-    return tuple(str(r[0]) for r in rows)
+    counts: dict[str, int] = {}
+    for day, n in sorted(dated.items()):
+        counts[_first_partition_day(day)] = counts.get(_first_partition_day(day), 0) + n
+    home = min(counts)
+    counts[home] += undated
+    return counts
+
+
+def landed_name_problem(feed: FeedSpec, path: str) -> str | None:
+    """Why a file found under ``landing/<feed>/`` cannot be indexed (None when it can): it is
+    not a plain file name directly in the feed's folder."""
+    try:
+        check_landed_name(path.removeprefix(f"{feed.landing_prefix}/"))
+    except LandingNameError as exc:
+        return f"not indexed: {exc}"
+    return None
 
 
 def scan_landing(
@@ -209,12 +267,23 @@ def scan_landing(
     feeds: dict[str, FeedSpec],
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> list[LandedFile]:
-    """Every landed file of every feed, hashed and dated (cached in the landing index)."""
+    """Every landed file of every feed, hashed and dated (cached in the landing index).
+
+    A file whose name is not a plain file name in its feed's folder (a subfolder, a backslash,
+    a control character) is neither read nor hashed: it is listed with the error saying why, so
+    that the sensor and every run of its table report it."""
     con = con or new_connection()
     landed: list[LandedFile] = []
     for feed in feeds.values():
         for info in storage.list_files(feed.landing_prefix):
-            stamp = hashlib.sha256(f"{info.path}|{info.size}|{info.modified}".encode()).hexdigest()
+            problem = landed_name_problem(feed, info.path)
+            if problem:
+                landed.append(
+                    LandedFile(feed.name, info.path, "", info.size, info.modified, (), problem)
+                )
+                continue
+            key = f"{info.path}|{info.size}|{info.modified}|{INDEX_VERSION}"
+            stamp = hashlib.sha256(key.encode()).hexdigest()
             index_rel = f"{INDEX_PREFIX}/{feed.name}/{stamp[:32]}.json"
             if storage.exists(index_rel):
                 entry = json.loads(storage.read_bytes(index_rel))
@@ -222,18 +291,50 @@ def scan_landing(
                 continue
             sha = storage.sha256(info.path)
             filename = info.path.rsplit("/", 1)[-1]
-            error, dates = None, ()
+            error, counts = None, {}
             try:
                 with storage.local_copy(info.path) as local:
-                    dates = _dates_in_file(con, feed, local, filename)
+                    counts = _rows_by_day(con, feed, local, filename)
             except FileReadError as exc:
                 error = exc.reason
                 declared = feed.date_for_file(filename)
-                dates = (declared,) if declared else ()
-            entry = LandedFile(feed.name, info.path, sha, info.size, info.modified, dates, error)
+                counts = {_first_partition_day(declared): 0} if declared else {}
+            entry = LandedFile(
+                feed.name, info.path, sha, info.size, info.modified, tuple(counts), error, counts
+            )
             storage.write_bytes(index_rel, json.dumps(asdict(entry)).encode())
             landed.append(entry)
     return landed
+
+
+def refused_files(landed: Sequence[LandedFile]) -> dict[str, str]:
+    """Readable landed files whose rows are not ingested, with the reason (recorded per file):
+
+    * a version superseded by a correction: of ``x.csv``, ``x.correction-1.csv``, … only the
+      highest version is read;
+    * content landed before under another name (the same SHA-256 in the same feed): a vendor's
+      re-delivery. The first in landing order (path) is read, the others are refused, so no
+      row is counted twice."""
+    refused: dict[str, str] = {}
+    newest: dict[tuple[str, str], tuple[int, str]] = {}
+    readable = sorted((f for f in landed if not f.error), key=lambda f: (f.feed, f.path))
+    for f in readable:
+        base, version = correction_of(f.filename)
+        key = (f.feed, f.path.rsplit("/", 1)[0] + "/" + base)
+        newest[key] = max(newest.get(key, (-1, "")), (version, f.path))
+    for f in readable:
+        base, _ = correction_of(f.filename)
+        _, kept = newest[(f.feed, f.path.rsplit("/", 1)[0] + "/" + base)]
+        if kept != f.path:
+            refused[f.path] = f"superseded by the correction {kept}"
+    first_of_content: dict[tuple[str, str], str] = {}
+    for f in readable:
+        if f.path in refused:
+            continue
+        first = first_of_content.setdefault((f.feed, f.sha256), f.path)
+        if first != f.path:
+            refused[f.path] = f"same content (SHA-256) as {first}, landed before it: not read twice"
+    return refused
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +351,11 @@ class FileLedger:
     accepted: int = 0
     quarantined: int = 0
     error: str | None = None
+    refused: str | None = None
+    # Rows per partition day of the whole file, from the landing index (not only this run's
+    # window): what the nothing-lost check counts back.
+    rows_by_day: dict[str, int] = field(default_factory=dict)
+    modified: str = ""  # the landed file's modification stamp, as listed
 
 
 @dataclass
@@ -270,6 +376,10 @@ class IngestReport:
     @property
     def file_errors(self) -> list[FileLedger]:
         return [f for f in self.files if f.error]
+
+    @property
+    def refused_files(self) -> list[FileLedger]:
+        return [f for f in self.files if f.refused]
 
     @property
     def rows_read(self) -> int:
@@ -366,6 +476,7 @@ def _rules(kind: str, feed: FeedSpec, constant_symbol: str | None) -> list[tuple
     return [
         *_symbol_rules(kind, feed, constant_symbol),
         ("ts IS NULL", "'timestamp missing or unparseable'"),
+        (f"{UTC_DATE} < {FIRST_DAY}", "'before the first partition'"),
         (f"{UTC_DATE} <> partition_date", "'timestamp outside partition'"),
         *KIND_RULES[kind],
     ]
@@ -415,6 +526,8 @@ def _stage_file(
         if declared
         else f"coalesce({UTC_DATE}, DATE {sql_literal(landed.home_date or first)})"
     )
+    # Rows before the first partition are filed under its first day (and quarantined there).
+    partition = f"greatest({partition}, {FIRST_DAY})"
     lineage = _lineage_literals(feed, landed)
     reason = _reason_case(kind, feed, feed.symbol_for_file(landed.filename))
     # DuckDB appends to a rejects table across scans: start empty so that only this file's
@@ -432,7 +545,7 @@ def _stage_file(
     if not uses_rejects:
         return
     # Lines the CSV reader could not turn into typed rows: one quarantine row per line.
-    home = declared or landed.home_date or first
+    home = _first_partition_day(declared or landed.home_date or first)
     if first <= home <= last:
         con.execute(
             f"""
@@ -593,17 +706,42 @@ def ingest_partitions(
     days = sorted(days)
     first, last = days[0], days[-1]
     con = con or new_connection()
+    # Scratch folders of killed runs (their processes are gone) would otherwise pile up.
+    for leftover in storage.clean_stale_staging():
+        log.info("removed the staging folder of a process that is gone: %s", leftover)
     if landed is None:
         landed = scan_landing(storage, feeds, con)
+    refused = refused_files(landed)
     files = _files_for_days(landed, feeds, kind, first, last)
     report = IngestReport(kind=kind, days=list(days))
     _create_staging(con, kind, files)
 
     for landed_file in files:
-        ledger = FileLedger(landed_file.feed, landed_file.path, landed_file.sha256)
+        ledger = FileLedger(
+            landed_file.feed,
+            landed_file.path,
+            landed_file.sha256,
+            rows_by_day=dict(landed_file.rows_by_day),
+            modified=landed_file.modified,
+        )
         report.files.append(ledger)
         ledger.error = landed_file.error
-        if ledger.error:
+        ledger.refused = refused.get(landed_file.path)
+        if ledger.refused:
+            payload = {
+                "feed": ledger.feed,
+                "source_file": ledger.source_file,
+                "source_hash": ledger.source_hash,
+                "rows": landed_file.rows,
+                "refused": ledger.refused,
+            }
+            storage.write_bytes(
+                refused_file_path(ledger.feed, landed_file.filename), json.dumps(payload).encode()
+            )
+            log.info(
+                "feed %r, file %r not read: %s", ledger.feed, ledger.source_file, ledger.refused
+            )
+        if ledger.error or ledger.refused:
             continue
         try:
             with storage.local_copy(landed_file.path) as local:
@@ -613,6 +751,8 @@ def ingest_partitions(
             # A file is ingested whole or not at all.
             con.execute(f"DELETE FROM staged WHERE source_file = {sql_literal(landed_file.path)}")
     for ledger in report.file_errors:
+        if not ledger.source_hash:
+            continue  # not indexed (a name that is no plain file name): reported, never read
         payload = {k: getattr(ledger, k) for k in ("feed", "source_file", "source_hash", "error")}
         storage.write_bytes(
             file_error_path(ledger.feed, ledger.source_hash), json.dumps(payload).encode()
@@ -683,3 +823,85 @@ def ingest_partitions(
     ]
     con.execute("DROP TABLE staged")
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing lost: every row of every file a run read, accounted for
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FileAccount:
+    """Where the rows of one landed file are, counted back from the written Parquet."""
+
+    source_file: str
+    rows: int  # rows in the whole file (landing index)
+    found: int = 0  # rows of this file (path and hash) in raw/ and quarantine/
+    refused: str | None = None  # not read at all, with a file-level record
+    # Days not built since the file landed (their own run, requested by the sensor, builds
+    # them): no partition file yet, or one older than the landed file.
+    pending_days: list[str] = field(default_factory=list)
+    missing: dict[str, tuple[int, int]] = field(default_factory=dict)  # day: (rows, found)
+
+
+def account_for_files(storage: Storage, report: IngestReport) -> list[FileAccount]:
+    """For every file the run read or refused, over the whole file (not only the run's window):
+    rows accepted + rows quarantined, counted back from the Parquet files on storage per day,
+    must equal the file's rows of that day in the landing index. A refused file (unreadable,
+    a duplicate, a superseded version) has a file-level record and no row anywhere.
+
+    Days outside the run's window with no row of the file and no partition file written since
+    the file landed are *pending* (their own run, requested by the landing sensor, builds
+    them); any other difference (a day built after the file landed without its rows, some but
+    not all of them, rows on a day the file does not touch) is a loss."""
+    window = set(report.days)
+    needed = {d for f in report.files for d in f.rows_by_day} | window
+    built: dict[str, list[str]] = {}
+    raw_written: dict[str, str] = {}
+    for table in ("raw", "quarantine"):
+        for info in storage.list_files(f"{table}/{report.kind}"):
+            day = info.path.split("date=", 1)[-1].split("/", 1)[0]
+            if day in needed and info.path.endswith("/data.parquet"):
+                built.setdefault(day, []).append(info.path)
+                if table == "raw":
+                    raw_written[day] = info.modified
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    paths = [p for day in sorted(built) for p in built[day]]
+    if paths:
+        with contextlib.ExitStack() as stack:
+            local = [str(stack.enter_context(storage.local_copy(p))) for p in paths]
+            rows = (
+                new_connection()
+                .execute(
+                    "SELECT CAST(source_file AS VARCHAR), CAST(source_hash AS VARCHAR), "
+                    "CAST(date AS VARCHAR), count(*) FROM read_parquet($files, "
+                    "hive_partitioning = true, union_by_name = true) GROUP BY ALL",
+                    {"files": local},
+                )
+                .fetchall()
+            )
+        for source_file, source_hash, day, n in rows:
+            found.setdefault((source_file, source_hash), {})[day] = n
+    accounts = []
+    for ledger in report.files:
+        if not ledger.source_hash:
+            continue  # not indexed: reported by the readable-files check, never read
+        by_day = found.get((ledger.source_file, ledger.source_hash), {})
+        account = FileAccount(
+            ledger.source_file,
+            sum(ledger.rows_by_day.values()),
+            sum(by_day.values()),
+            ledger.refused or ledger.error,
+        )
+        if account.refused:
+            account.missing = {d: (0, n) for d, n in by_day.items()}
+        else:
+            for day in sorted(set(ledger.rows_by_day) | set(by_day)):
+                expected, got = ledger.rows_by_day.get(day, 0), by_day.get(day, 0)
+                if got == expected:
+                    continue
+                written = raw_written.get(day)
+                if day not in window and got == 0 and (not written or written < ledger.modified):
+                    account.pending_days.append(day)
+                else:
+                    account.missing[day] = (expected, got)
+        accounts.append(account)
+    return accounts

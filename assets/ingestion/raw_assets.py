@@ -6,7 +6,6 @@ heavy lifting is plain Python in assets/ingestion/ingest.py; these definitions a
 metadata and the blocking checks an operator sees in the Dagster UI.
 """
 
-import contextlib
 import hashlib
 import json
 
@@ -19,10 +18,10 @@ from assets.core.partitions import daily_partitions
 from assets.core.resources import FeedsResource, StorageResource
 from assets.ingestion.ingest import (
     TABLE_OF_KIND,
+    FileAccount,
     IngestReport,
+    account_for_files,
     ingest_partitions,
-    new_connection,
-    quarantine_path,
     raw_path,
 )
 from assets.ingestion.raw_contracts import raw_schema, validate_partitions
@@ -55,12 +54,17 @@ CHECKS = {
     "contract": "Every accepted row satisfies the pandera contract of the raw table "
     "(types, required values, timestamp on its partition day, {rules}). Blocking: downstream "
     "assets do not run on a failure.",
-    "nothing_lost": "For every landed file, rows accepted into raw/ plus rows in quarantine/ "
-    "(counted back from the written Parquet) equal the rows read. Blocking.",
+    "nothing_lost": "For every landed file the run read, over the whole file (not only the run's "
+    "days): rows accepted into raw/ plus rows in quarantine/ (counted back from the written "
+    "Parquet, per day) equal the file's rows in the landing index; a refused file (unreadable, "
+    "a re-delivered duplicate, a version superseded by a correction) has a file-level record "
+    "and no rows. Days of the file not built yet are reported as pending. Blocking.",
     "quarantine_rate": f"Warns when more than {QUARANTINE_WARN_SHARE:.0%} of the rows read were "
     "quarantined; metadata shows counts by reason and a sample.",
     "landed_files_readable": "Warns when a landed file could not be read at all (empty, not "
-    "UTF-8, truncated archive, missing columns, wrong delimiter); names file, feed and reason.",
+    "UTF-8, truncated archive, missing columns, wrong delimiter), or a file in the landing zone "
+    "cannot be indexed (not a plain file name: a subfolder, a backslash, a control character); "
+    "names file, feed and reason.",
 }
 
 
@@ -90,11 +94,12 @@ def build_landing_specs(feeds: dict[str, FeedSpec]) -> list[dg.AssetSpec]:
 
 def _table_metadata(report: IngestReport, storage_root: str) -> dict[str, dg.MetadataValue]:
     files_md = (
-        "| file | sha256 | read | accepted | quarantined | error |\n|---|---|---|---|---|---|\n"
+        "| file | sha256 | read | accepted | quarantined | error or refusal |\n"
+        "|---|---|---|---|---|---|\n"
     )
     files_md += "\n".join(
         f"| {f.source_file} | `{f.source_hash[:12]}` | {f.rows_read} | {f.accepted} | "
-        f"{f.quarantined} | {f.error or ''} |"
+        f"{f.quarantined} | {f.error or f.refused or ''} |"
         for f in report.files[:50]
     )
     # A range run records one materialization per day with this same metadata: the row count
@@ -133,31 +138,37 @@ def _data_version(report: IngestReport) -> dg.DataVersion:
     return dg.DataVersion(hashlib.sha256(joined).hexdigest())
 
 
-def _count_back(storage, kind: str, report: IngestReport) -> dict[str, int]:
-    """Rows per source hash found in the written raw and quarantine files (read back from disk,
-    independently of the counts the ingestion kept)."""
-    paths = [raw_path(kind, d) for d in report.days if report.rows_by_day.get(d)]
-    paths += [quarantine_path(kind, d) for d in report.quarantined_by_day]
-    if not paths:
-        return {}
-    with contextlib.ExitStack() as stack:
-        local = [str(stack.enter_context(storage.local_copy(p))) for p in paths]
-        rows = (
-            new_connection()
-            .execute(
-                "SELECT source_hash, count(*) FROM read_parquet($files, hive_partitioning = false, "
-                "union_by_name = true) GROUP BY 1",
-                {"files": local},
-            )
-            .fetchall()
-        )
-    return {h: n for h, n in rows}
+def _nothing_lost_metadata(accounts: list[FileAccount]) -> dict:
+    return {
+        "files_checked": len(accounts),
+        "rows_in_files": sum(a.rows for a in accounts),
+        "rows_found_in_raw_and_quarantine": sum(a.found for a in accounts if not a.refused),
+        "rows_in_refused_files": sum(a.rows for a in accounts if a.refused),
+        "refused_files": dg.MetadataValue.json(
+            {a.source_file: a.refused for a in accounts if a.refused}
+        ),
+        "rows_pending": sum(a.rows - a.found for a in accounts if a.pending_days and not a.refused),
+        "pending_days": dg.MetadataValue.json(
+            {a.source_file: a.pending_days[:20] for a in accounts if a.pending_days}
+        ),
+        "files_with_missing_rows": dg.MetadataValue.json(
+            [a.source_file for a in accounts if a.missing]
+        ),
+        "missing_rows_by_day": dg.MetadataValue.json(
+            {
+                a.source_file: {
+                    d: {"rows": e, "found": n} for d, (e, n) in list(a.missing.items())[:20]
+                }
+                for a in accounts
+                if a.missing
+            }
+        ),
+    }
 
 
 def _check_results(
-    report: IngestReport, contract: ContractResult, counted: dict[str, int]
+    report: IngestReport, contract: ContractResult, accounts: list[FileAccount]
 ) -> list[dg.AssetCheckResult]:
-    lost = [f for f in report.files if not f.error and counted.get(f.source_hash, 0) != f.rows_read]
     share = report.rows_quarantined / report.rows_read if report.rows_read else 0.0
     sample = [
         {k: (str(v)[:200] if v is not None else "") for k, v in row.items()}
@@ -171,13 +182,8 @@ def _check_results(
         ),
         dg.AssetCheckResult(
             check_name="nothing_lost",
-            passed=not lost,
-            metadata={
-                "files_checked": len(report.files) - len(report.file_errors),
-                "rows_read": report.rows_read,
-                "rows_found_in_raw_and_quarantine": sum(counted.values()),
-                "files_with_missing_rows": dg.MetadataValue.json([f.source_file for f in lost]),
-            },
+            passed=not any(a.missing for a in accounts),
+            metadata={"rows_read": report.rows_read, **_nothing_lost_metadata(accounts)},
         ),
         dg.AssetCheckResult(
             check_name="quarantine_rate",
@@ -259,7 +265,7 @@ def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinitio
         contract = validate_partitions(
             store, declared, kind, report.rows_by_day, lambda d: raw_path(kind, d)
         )
-        counted = _count_back(store, kind, report)
+        accounts = account_for_files(store, report)
         context.log.info(
             f"{name} {days[0]}..{days[-1]}: {report.rows_accepted} rows accepted, "
             f"{report.rows_quarantined} quarantined, {len(report.file_errors)} unreadable files"
@@ -267,7 +273,7 @@ def build_raw_asset(kind: str, feeds: dict[str, FeedSpec]) -> dg.AssetsDefinitio
         return dg.MaterializeResult(
             metadata=_table_metadata(report, store.root),
             data_version=_data_version(report),
-            check_results=_check_results(report, contract, counted),
+            check_results=_check_results(report, contract, accounts),
         )
 
     return _raw

@@ -74,7 +74,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
-from assets.core.feeds import load_feeds
+from assets.core.feeds import landed_path, load_feeds
 from assets.core.settings import feeds_file_from_env, storage_settings_from_env
 from assets.core.storage import Storage
 from assets.live.wire import SYMBOL_NAME, format_from_ids
@@ -610,7 +610,7 @@ class Collector:
         exactly where the landed data ends."""
         for pending in sorted(batch, key=lambda p: (p.symbol, p.first_id)):
             name = landed_file_name(pending.symbol, pending.day, pending.first_id, pending.last_id)
-            rel = f"{self.config.landing_prefix}/{name}"
+            rel = landed_path(self.config.feed, name)
             data = "".join(pending.lines).encode()
             digest = hashlib.sha256(data).hexdigest()
             with self.storage.staging_dir() as staging:

@@ -111,8 +111,8 @@ def test_daemon_sensor_ingests_a_landed_file(tmp_path, monkeypatch):
     )
     land_file(Storage(str(root)), load_feeds(feeds_file)["desk"], local)
 
+    instance = _open_instance(home, env, monkeypatch)  # its storage first: see start_daemon
     daemon = start_daemon(tmp_path / "daemon.log", env)
-    instance = _open_instance(home, env, monkeypatch)
     try:
         runs = []
 
