@@ -16,12 +16,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # pip lists every local index it skipped; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install instance demo dev test test-slow lint format bench gpu-smoke scenario clean
+.PHONY: help install instance demo dev train test test-slow lint format bench gpu-smoke scenario clean
 
 help:
 	@echo "make demo     install, ingest the default feed, serve the Dagster UI on $(HOST):$(PORT) (UI=0: stop after the job)"
 	@echo "make test     install, lint, run the test suite (not slow)"
 	@echo "make dev      the Dagster UI and daemon only"
+	@echo "make train    the CPU recipe (SFT -> DPO -> PRM) on the dataset exports of make demo"
 	@echo "make bench    benchmarks (ratios against baselines measured in the same run)"
 	@echo "make test-slow  the slow tests too"
 	@echo "make scenario  the drift scenario with the real daemon: shift -> drift -> retrain -> verdict"
@@ -68,6 +69,13 @@ demo: install instance
 
 dev: install instance
 	exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -m orchestration.definitions -h $(HOST) -p $(PORT)
+
+# The training recipe on the exported datasets (make demo writes them under var/datasets).
+DATASETS ?= var/datasets
+TRAIN_ARGS ?=
+train: install
+	@test -d $(DATASETS)/sft || { echo "no dataset exports under $(DATASETS): run make demo first (or DATASETS=folder)"; exit 1; }
+	$(PY) -m training recipe --datasets $(DATASETS) --out var/training/recipe $(TRAIN_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -43,7 +43,9 @@ def _run_daemon_until_settled(instance: DagsterInstance, expected: dict[str, str
     in flight and nothing new for QUIET_S seconds (two sensor intervals)."""
     log_path = Path(instance.root_directory) / "demo-daemon.log"
     print(f"  daemon and run logs: {log_path}")
-    daemon = start_daemon(log_path)
+    # The demo owns its sequence: its daemon's retrain sensor must not start CPU training on the
+    # first months' episodes (before the journal and feedback phases); the demo trains once, last.
+    daemon = start_daemon(log_path, {**os.environ, "DD_RETRAIN_PAUSED": "1"})
     reported: set[str] = set()
     quiet = Quiet(QUIET_S)
 

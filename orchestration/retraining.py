@@ -137,6 +137,12 @@ def retrain_sensor(
             cursor=json.dumps(new_cursor, sort_keys=True),
         )
     reason, detail, run_key = decision
+    if retrain_settings.paused:
+        # Consumed, not deferred: a paused period's triggers must not fire once it ends.
+        return dg.SensorResult(
+            skip_reason=f"paused (DD_RETRAIN_PAUSED): would retrain for {reason}: {detail}",
+            cursor=json.dumps(new_cursor, sort_keys=True),
+        )
     in_flight = training_in_flight(context.instance)
     if in_flight:
         # The run in flight already answers this drift; the next champion resets the detector.

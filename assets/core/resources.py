@@ -184,6 +184,7 @@ class RetrainSettings(ConfigurableResource):
     """Thresholds of the retrain triggers (orchestration/retraining.py)."""
 
     min_new_mature_episodes: int = DEFAULT_MIN_NEW_MATURE_EPISODES
+    paused: bool = False  # read drift records, launch nothing (a demo that owns its sequence)
 
 
 def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, ConfigurableResource]:
@@ -221,6 +222,7 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
             max_steps=settings.training_max_steps,
         ),
         "retrain_settings": RetrainSettings(
-            min_new_mature_episodes=settings.retrain_min_new_mature_episodes
+            min_new_mature_episodes=settings.retrain_min_new_mature_episodes,
+            paused=settings.retrain_paused,
         ),
     }

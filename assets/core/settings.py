@@ -21,6 +21,7 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 | ``DD_TRAINING_MAX_STEPS`` | optimizer steps per stage (overrides the profile) | profile's |
 | ``DD_TRAINING_OUTPUT_ROOT`` | where checkpoints are written (local) | ``./var/training`` |
 | ``DD_RETRAIN_MIN_NEW_MATURE_EPISODES`` | new mature episodes that trigger a retrain | 8000 |
+| ``DD_RETRAIN_PAUSED`` | ``1``: the retrain sensor reads drift records but launches nothing (the demo's own daemon) | ``0`` |
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Settings:
     training_max_steps: int | None
     training_output_root: str
     retrain_min_new_mature_episodes: int
+    retrain_paused: bool
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +99,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         retrain_min_new_mature_episodes=int(min_new_mature)
         if min_new_mature
         else DEFAULT_MIN_NEW_MATURE_EPISODES,
+        retrain_paused=get("DD_RETRAIN_PAUSED", "0").lower() in ("1", "true", "yes"),
     )
 
 

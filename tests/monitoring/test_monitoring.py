@@ -232,12 +232,13 @@ def drift_event(triggered: bool, **extra) -> dg.AssetMaterialization:
     )
 
 
-def evaluate(instance, cursor=None, min_new=8000):
+def evaluate(instance, cursor=None, min_new=8000, paused=False):
+    settings = RetrainSettings(min_new_mature_episodes=min_new, paused=paused)
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
         definitions=defs,
-        resources={"retrain_settings": RetrainSettings(min_new_mature_episodes=min_new)},
+        resources={"retrain_settings": settings},
     )
     result = retrain_sensor(context)
     return result, context
@@ -269,6 +270,21 @@ def test_retrain_sensor_launches_once_on_a_drift_trigger_with_its_reason():
     # was lost) give the same run key, which Dagster launches only once.
     again, _ = evaluate(instance, None)
     assert again.run_requests[0].run_key == request.run_key
+
+
+def test_a_paused_retrain_sensor_consumes_triggers_without_launching():
+    """The demo's daemon runs paused: its triggers are read, and do not fire once it resumes."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(drift_event(True))
+    result, _ = evaluate(instance, paused=True)
+    assert not result.run_requests
+    assert "paused" in result.skip_reason.skip_message
+    assert "would retrain for drift" in result.skip_reason.skip_message
+    resumed, _ = evaluate(instance, result.cursor)
+    assert isinstance(resumed, dg.SkipReason)  # nothing new since: no late launch
+    instance.report_runless_asset_event(drift_event(True))
+    (request,) = evaluate(instance, result.cursor)[0].run_requests  # a new trigger fires
+    assert request.tags[RETRAIN_REASON_TAG] == "drift"
 
 
 def test_retrain_sensor_does_not_launch_while_training_is_in_flight():
