@@ -23,8 +23,7 @@ from assets.core.feeds import (
     load_feeds,
 )
 from assets.core.settings import feeds_file_from_env, storage_settings_from_env
-from assets.core.storage import Storage
-from assets.ingestion.ingest import sha256_file
+from assets.core.storage import Storage, file_sha256
 
 DEFAULT_FEED = "bokeh-stocks"
 
@@ -74,13 +73,13 @@ def land_file(
                 "--correction)"
             )
         newest = versions[max(versions)]
-        if storage.sha256(newest) == sha256_file(local):
+        if storage.sha256(newest) == file_sha256(local):
             return newest, False
         name = correction_name(name, max(versions) + 1)
     rel = feed.landed_path(name)
     if storage.put_immutable(local, rel):
         return rel, True
-    if storage.sha256(rel) == sha256_file(local):
+    if storage.sha256(rel) == file_sha256(local):
         return rel, False
     raise LandingConflict(
         f"{storage.uri(rel)} is already landed with other content; landed files are immutable. "
