@@ -111,8 +111,10 @@ def test_daemon_sensor_ingests_a_landed_file(tmp_path, monkeypatch):
     )
     land_file(Storage(str(root)), load_feeds(feeds_file)["desk"], local)
 
-    daemon = start_daemon(tmp_path / "daemon.log", env)
+    # The instance first: it creates the SQLite storages the daemon would otherwise create at the
+    # same moment (two processes creating one schema race: "table ... already exists").
     instance = _open_instance(home, env, monkeypatch)
+    daemon = start_daemon(tmp_path / "daemon.log", env)
     try:
         runs = []
 
