@@ -111,7 +111,9 @@ def test_daemon_sensor_ingests_a_landed_file(tmp_path, monkeypatch):
     )
     land_file(Storage(str(root)), load_feeds(feeds_file)["desk"], local)
 
-    instance = _open_instance(home, env, monkeypatch)  # its storage first: see start_daemon
+    # The instance first: it creates the SQLite storages the daemon would otherwise create at the
+    # same moment (two processes creating one schema race: "table ... already exists").
+    instance = _open_instance(home, env, monkeypatch)
     daemon = start_daemon(tmp_path / "daemon.log", env)
     try:
         runs = []
