@@ -73,7 +73,8 @@ def test_month_of_default_feed_builds_bars(local_storage, tmp_path):
             ).fetchall()
         )
     assert dict(rows) == expected.groupby("Ticker").size().to_dict()
-    first_day = expected[expected["Date"] == "2004-09-01"].set_index("Ticker")["Close"]
+    # The feed delivers an adjusted close: bars carry it (stg_bars adjusts for splits/dividends).
+    first_day = expected[expected["Date"] == "2004-09-01"].set_index("Ticker")["Adj Close"]
     assert closes == first_day.to_dict()
 
 
