@@ -37,7 +37,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from assets.core.materializations import latest_metadata
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.core.training_run import finite_metrics
 from training.baselines import table_markdown
 from training.checkpoint import code_digest as training_code_version
 from training.promotion import DEFAULT_GATE_SCORE, GATE_SCORES, gate_decision
@@ -333,29 +335,10 @@ def read_step_info(warehouse_path: str | Path, trace_ids: Sequence[str]) -> pd.D
     return _read_warehouse(warehouse_path, read)
 
 
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)
-
-
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
-    """The latest materialization's metadata of ``key`` as plain values (run id under
-    ``dagster_run_id``); empty when never materialized."""
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return {}
-    out = {k: _plain(v) for k, v in event.asset_materialization.metadata.items()}
-    out["dagster_run_id"] = event.run_id
-    return out
-
-
 def _metadata_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return dg.MetadataValue.float(value) if math.isnan(value) else str(value)
     return value
-
-
-def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 
 
 def log_evaluation_run(
@@ -393,7 +376,9 @@ def log_evaluation_run(
     try:
         stamp = int(time.time() * 1000)
         params = [Param(k, str(v)) for k, v in sorted(report.settings.items())]
-        metrics = [Metric(k, v, stamp, 0) for k, v in sorted(_finite(report.metrics).items())]
+        metrics = [
+            Metric(k, v, stamp, 0) for k, v in sorted(finite_metrics(report.metrics).items())
+        ]
         for start in range(0, max(len(metrics), 1), 500):
             client.log_batch(
                 run_id,
@@ -542,7 +527,7 @@ def model_evaluation(
             name: write_parquet(store, f"{folder}/{name}", frame) for name, frame in files.items()
         }
         summary = {
-            "metrics": _finite(report.metrics),
+            "metrics": finite_metrics(report.metrics),
             "settings": report.settings,
             "items_digest": report.digest,
             "dpo": {k: dpo.get(k) for k in ("model_name", "model_version", "mlflow_run_id")},
@@ -698,7 +683,7 @@ def champion_model(
             "prm_model_name": str(evaluation.get("prm_model_name") or ""),
             "prm_champion_version": str(evaluation.get("prm_model_version") or ""),
             "previous_champions": dg.MetadataValue.json(previous),
-            "gate_reason": str(_plain(reason)),
+            "gate_reason": str(getattr(reason, "value", reason)),
             "evaluation_run_id": str(evaluation["dagster_run_id"]),
             # The training snapshot feature_drift measures against (end of the train data).
             "snapshot_until": str(evaluation.get("train_data_until") or ""),
