@@ -110,10 +110,13 @@ def load_splits(
     return train, eval_ds, files
 
 
-def first_lines(ds: datasets.Dataset, columns: tuple[str, ...], n: int | None) -> datasets.Dataset:
+def first_lines(
+    ds: datasets.Dataset | None, columns: tuple[str, ...], n: int | None
+) -> datasets.Dataset | None:
     """Keep the first ``n`` lines of each text in ``columns`` (all when ``n`` is None). The
-    datasets are decision-first, so ``n=1`` keeps the decision line only."""
-    if n is None:
+    datasets are decision-first, so ``n=1`` keeps the decision line only. No rows (a stage
+    without an evaluation split) stay none."""
+    if ds is None or n is None:
         return ds
 
     def fn(row: dict[str, Any]) -> dict[str, Any]:

@@ -49,8 +49,7 @@ def train_dpo(
     train_raw, eval_raw = run.train_rows, run.eval_rows
     pair_columns = ("chosen", "rejected")
     train_raw = data.first_lines(train_raw, pair_columns, cfg.completion_lines)
-    if eval_raw is not None:
-        eval_raw = data.first_lines(eval_raw, pair_columns, cfg.completion_lines)
+    eval_raw = data.first_lines(eval_raw, pair_columns, cfg.completion_lines)
     system = cfg.data.system_prompt
     train_pairs = data.to_dpo(train_raw, system, cfg.min_margin)
     if len(train_pairs) == 0:

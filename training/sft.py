@@ -43,8 +43,7 @@ def train_sft(
     if cfg.balance_actions:
         train_raw = data.balance(train_raw, "action", cfg.train.seed)
     train_raw = data.first_lines(train_raw, ("completion",), cfg.completion_lines)
-    if eval_raw is not None:
-        eval_raw = data.first_lines(eval_raw, ("completion",), cfg.completion_lines)
+    eval_raw = data.first_lines(eval_raw, ("completion",), cfg.completion_lines)
     # Arguments before the model: with ZeRO-3 they switch on sharded loading.
     args = common.trainer_arguments(
         cfg,

@@ -132,8 +132,9 @@ def adjust_prices(bars: pd.DataFrame) -> pd.DataFrame:
 def normalize_bars(bars: pd.DataFrame) -> pd.DataFrame:
     """Bars with tz-aware UTC ts, bar_date as datetime64[D] and bar_interval (raw files call it
     interval), prices adjusted (``adjust_prices``), sorted by series and ts."""
+    # rename returns a new frame (adjust_prices another), so the assignments below never
+    # touch the caller's bars.
     out = adjust_prices(bars.rename(columns={"interval": "bar_interval"}))
-    out = out.copy()
     out["ts"] = pd.to_datetime(out["ts"], utc=True)
     if "bar_date" not in out:
         out["bar_date"] = out["ts"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()

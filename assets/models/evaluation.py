@@ -37,7 +37,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from assets.core.materializations import latest_metadata
+from assets.core.materializations import latest_metadata, plain_metadata
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.core.training_run import finite_metrics
 from training.baselines import table_markdown
@@ -674,7 +674,7 @@ def champion_model(
         },
         tagged_model=str(dpo_name),
     )
-    reason = (verdict.metadata.get("reason") if verdict.metadata else None) or ""
+    reason = plain_metadata(verdict.metadata or {}).get("reason") or ""
     context.log.info(f"{CHAMPION_ALIAS}: {versions} (was {previous})")
     return dg.MaterializeResult(
         metadata={
@@ -683,7 +683,7 @@ def champion_model(
             "prm_model_name": str(evaluation.get("prm_model_name") or ""),
             "prm_champion_version": str(evaluation.get("prm_model_version") or ""),
             "previous_champions": dg.MetadataValue.json(previous),
-            "gate_reason": str(getattr(reason, "value", reason)),
+            "gate_reason": str(reason),
             "evaluation_run_id": str(evaluation["dagster_run_id"]),
             # The training snapshot feature_drift measures against (end of the train data).
             "snapshot_until": str(evaluation.get("train_data_until") or ""),
