@@ -194,10 +194,11 @@ def save_weights(trainer, tokenizer, cfg: _StageConfig) -> str:
 
 
 def finish(
-    trainer,
     cfg: _StageConfig,
     folder: str,
     *,
+    is_main: bool,
+    log_history: list[dict],
     base_model: str,
     started_at: str,
     metrics: dict[str, float],
@@ -215,13 +216,13 @@ def finish(
         data_files=data_files,
         metrics=metrics,
     )
-    if trainer.is_world_process_zero():
+    if is_main:
         checkpoint.write_metadata(folder, config, record)
     return TrainResult(
         stage=cfg.stage,
         checkpoint_dir=folder,
         metrics=metrics,
-        log_history=list(trainer.state.log_history),
+        log_history=list(log_history),
         config=config,
         lineage=record,
         data_files=data_files,
@@ -268,9 +269,35 @@ class StageRun:
         self, trainer, folder: str, base_model: str, metrics: dict[str, float]
     ) -> TrainResult:
         return finish(
-            trainer,
             self.cfg,
             folder,
+            is_main=trainer.is_world_process_zero(),
+            log_history=trainer.state.log_history,
+            base_model=base_model,
+            started_at=self.started_at,
+            metrics=metrics,
+            lineage=self.lineage,
+            data_files=data.file_digests(self.files),
+        )
+
+    def save_and_finish(
+        self,
+        model,
+        tokenizer,
+        base_model: str,
+        metrics: dict[str, float],
+        log_history: list[dict],
+    ) -> TrainResult:
+        """For a stage trained without a Trainer (head mode, one process): save the model and
+        tokenizer into <output_dir>/final, then write the checkpoint's records."""
+        folder = Path(self.cfg.train.output_dir) / "final"
+        model.save_pretrained(str(folder), safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return finish(
+            self.cfg,
+            str(folder),
+            is_main=True,
+            log_history=log_history,
             base_model=base_model,
             started_at=self.started_at,
             metrics=metrics,

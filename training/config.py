@@ -66,6 +66,12 @@ class ModelConfig:
         "Attention kernel passed to from_pretrained ('sdpa', 'eager'); null: transformers' default.",
         default=None,
     )
+    num_hidden_layers: int | None = _help(
+        "Keep only the bottom N decoder layers of the base model (the rest are not loaded; the "
+        "final norm and LM head stay). The CPU recipe reads the prompt's evidence with SmolLM2's "
+        "bottom layers at a fraction of the cost; null: every layer.",
+        default=None,
+    )
 
 
 @dataclass
@@ -189,6 +195,43 @@ class LoRAConfig:
 # ------------------------------------------------------------------------------ stage configs
 
 
+METHODS = ("trainer", "head")
+
+
+def validate_method(method: str, head: HeadConfig) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    if head.max_iter < 1 or head.l2 < 0 or head.batch_size < 1:
+        raise ValueError("head.max_iter >= 1, head.l2 >= 0 and head.batch_size >= 1 needed")
+    for name in ("samples_per_action", "eval_samples"):
+        value = getattr(head, name)
+        if value is not None and value < 1:
+            raise ValueError(f"head.{name} must be at least 1 (or null for all)")
+
+
+@dataclass
+class HeadConfig:
+    """Head mode (``method: head``): the backbone runs once over the prompts, frozen; only the
+    LM-head rows of the actions' first tokens are fitted (training.decision_head)."""
+
+    samples_per_action: int | None = _help(
+        "Fit on at most this many training rows per action (a seeded sample; the backbone's "
+        "forward pass over the prompts is the cost); null: every row.",
+        default=None,
+    )
+    eval_samples: int | None = _help(
+        "Score the fitted rows on at most this many evaluation rows; null: every row.",
+        default=None,
+    )
+    max_iter: int = _help("L-BFGS iterations (full batch).", default=500)
+    l2: float = _help(
+        "Pull of the rows back to where they started (sum of squares, in coordinates scaled by "
+        "each hidden dimension's standard deviation): the regularisation.",
+        default=0.02,
+    )
+    batch_size: int = _help("Prompts per forward pass of the backbone.", default=16)
+
+
 @dataclass
 class _StageConfig:
     """Shared behaviour of the stage configs: dict/YAML round trip, overrides, validation."""
@@ -295,6 +338,8 @@ class _StageConfig:
             self.model.tiny_hidden_size < 8 or self.model.tiny_num_layers < 1
         ):
             raise ValueError("model.tiny_hidden_size >= 8 and model.tiny_num_layers >= 1 needed")
+        if self.model.num_hidden_layers is not None and self.model.num_hidden_layers < 1:
+            raise ValueError("model.num_hidden_layers must be at least 1 (null: every layer)")
         if not self.data.files:
             raise ValueError("data.files is empty: name the Parquet file(s) of the dataset")
         lora = getattr(self, "lora", None)
@@ -351,6 +396,15 @@ class SFTStageConfig(_StageConfig):
     lora: LoRAConfig = field(
         default_factory=LoRAConfig, metadata={"help": "LoRA section (off: full fine-tuning)."}
     )
+    method: str = _help(
+        "'trainer': trl's SFTTrainer (LoRA or full fine-tuning, per the lora section); 'head': "
+        "the backbone frozen, only the output rows of the decision tokens fitted on its hidden "
+        "states at the decision position (the CPU recipe; see the head section).",
+        default="trainer",
+    )
+    head: HeadConfig = field(
+        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
+    )
     completion_only_loss: bool = _help(
         "Compute the loss on the assistant completion only, not on the prompt.", default=True
     )
@@ -387,6 +441,7 @@ class SFTStageConfig(_StageConfig):
             raise ValueError("eval_generate_samples must be >= 0 and max_new_tokens >= 1 or null")
         if self.completion_lines is not None and self.completion_lines < 1:
             raise ValueError("completion_lines must be at least 1 (or null for all)")
+        validate_method(self.method, self.head)
         return self
 
 
@@ -424,6 +479,14 @@ class DPOStageConfig(_StageConfig):
         "Folder of the SFT checkpoint: the policy starts from it and the frozen reference model "
         "is loaded from it. Required unless model.name_or_path names a base to start from.",
         default=None,
+    )
+    method: str = _help(
+        "'trainer': trl's DPOTrainer; 'head': the backbone frozen, the sigmoid DPO loss on the "
+        "output rows of the decision tokens, the SFT rows as reference (the CPU recipe).",
+        default="trainer",
+    )
+    head: HeadConfig = field(
+        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
     )
     beta: float = _help(
         "DPO temperature: how far the policy may move from the reference (higher: closer).",
@@ -463,6 +526,7 @@ class DPOStageConfig(_StageConfig):
             raise ValueError("completion_lines must be at least 1 (or null for all)")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        validate_method(self.method, self.head)
         return self
 
     def start_model(self) -> str:

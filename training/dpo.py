@@ -6,6 +6,9 @@ reference model, loaded from the same folder. (trl can load the reference itself
 folder keeps it explicit which weights the KL term anchors to.) Without an SFT checkpoint the
 base in ``model.name_or_path`` is used the same way; the in-memory 'tiny' base is deep-copied.
 
+``method: head`` (the CPU recipe): the sigmoid DPO loss on the output rows of the decision
+tokens only, the SFT checkpoint's rows as reference (``training.decision_head``).
+
 After training: eval loss and trl's reward metrics, plus preference accuracy on held-out pairs
 (share where log p(chosen) > log p(rejected)) for the policy before and after training.
 """
@@ -19,7 +22,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from training import common, cpu_head, data, models, scoring
+from training import common, cpu_head, data, decision_head, models, scoring
 from training.config import TINY, DPOStageConfig
 
 
@@ -46,6 +49,10 @@ def train_dpo(
 ) -> common.TrainResult:
     """Preference-tune the SFT checkpoint on ds_dpo; return metrics and the checkpoint folder."""
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    if cfg.method == "head":
+        start = dataclasses.replace(cfg.model, name_or_path=cfg.start_model())
+        model, tokenizer, metrics, history = decision_head.train_dpo_head(cfg, run, start)
+        return run.save_and_finish(model, tokenizer, cfg.start_model(), metrics, history)
     train_raw, eval_raw = run.train_rows, run.eval_rows
     pair_columns = ("chosen", "rejected")
     train_raw = data.first_lines(train_raw, pair_columns, cfg.completion_lines)

@@ -235,6 +235,10 @@ def load_model(
             kwargs["revision"] = model_cfg.revision
         if model_cfg.attn_implementation:
             kwargs["attn_implementation"] = model_cfg.attn_implementation
+        if model_cfg.num_hidden_layers:
+            # from_pretrained builds the shorter model from the config and leaves the weights
+            # of the upper layers unloaded.
+            kwargs["num_hidden_layers"] = model_cfg.num_hidden_layers
         if task == "causal":
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         else:

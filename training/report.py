@@ -566,7 +566,13 @@ def evaluate_checkpoints(
         seed_of_base = int((config.get("train") or {}).get("seed", 42))
         try:
             base, base_tokenizer = load_model(
-                ModelConfig(name_or_path=base_name), seed=seed_of_base
+                ModelConfig(
+                    name_or_path=base_name,
+                    num_hidden_layers=base_layers(decision_checkpoint)
+                    if base_model is None
+                    else None,
+                ),
+                seed=seed_of_base,
             )
         except (OSError, ValueError) as error:  # not on this machine: no base row
             base_name = f"unavailable ({base_name}: {error})"[:300]
@@ -631,6 +637,22 @@ def evaluate_checkpoints(
     )
     report.settings["base_model"] = base_name or ""
     return report
+
+
+def base_layers(checkpoint_dir: str | Path, max_depth: int = 5) -> int | None:
+    """The ``model.num_hidden_layers`` the first stage of a checkpoint's lineage kept of its
+    base (the untrained model of the baselines table is that truncated base); None: all."""
+    from training.checkpoint import read_metadata
+
+    current = Path(checkpoint_dir)
+    for _ in range(max_depth):
+        config, lineage = read_metadata(current)
+        parent = Path(str(lineage.get("base_model") or "")).expanduser()
+        if lineage.get("base_model") and (parent / "lineage.json").is_file():
+            current = parent
+            continue
+        return (config.get("model") or {}).get("num_hidden_layers")
+    return None
 
 
 def untrained_base(checkpoint_dir: str | Path, max_depth: int = 5) -> str | None:

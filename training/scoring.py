@@ -209,6 +209,20 @@ def action_token_ids(tokenizer: Any, system: str | None = None) -> dict[str, lis
     return out
 
 
+def left_padded(
+    rows: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, position ids) of token rows padded on the left, so that
+    every row ends at the last column; positions count from each row's first real token."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(list(row))
+        mask[i, width - len(row) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def action_logprobs(
     model: Any,
@@ -232,15 +246,9 @@ def action_logprobs(
         for start in range(0, len(heads), batch_size):
             chunk = heads[start : start + batch_size]
             rows = [head + list(prefix) for head in chunk for prefix in prefixes]
-            width = max(len(r) for r in rows)
             # Left padding: every row ends at the last column, so the last `keep` positions
             # are the ones that predict the action tokens.
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, positions = left_padded(rows, tokenizer.pad_token_id)
             with autocast_for(model):
                 logits = model(
                     input_ids=ids.to(device),

@@ -10,7 +10,9 @@ After training: eval loss, and on up to ``eval_generate_samples`` evaluation row
 scorer's accuracy, log p(target) and Brier against the reference's decision, and the share of
 greedy generations that open with a decision line (``training.scoring.decision_scores``).
 
-Options of the CPU recipe: ``lora`` (peft adapters, merged into the weights before saving) and
+``method: head`` (the CPU recipe) freezes the backbone and fits only the output rows of the
+decision tokens on its hidden states (``training.decision_head``: why, and how). Options of the
+trainer method: ``lora`` (peft adapters, merged into the weights before saving) and
 ``balance_actions`` (oversample the rarer actions of the 'action' column).
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from training import common, cpu_head, data, models, scoring
+from training import common, cpu_head, data, decision_head, models, scoring
 from training.config import SFTStageConfig
 
 
@@ -39,6 +41,9 @@ def train_sft(
     Rows come from ``cfg.data.files`` (split column) unless passed in as frames/datasets.
     """
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    if cfg.method == "head":
+        model, tokenizer, metrics, history = decision_head.train_sft_head(cfg, run)
+        return run.save_and_finish(model, tokenizer, cfg.model.name_or_path, metrics, history)
     train_raw, eval_raw = run.train_rows, run.eval_rows
     if cfg.balance_actions:
         train_raw = data.balance(train_raw, "action", cfg.train.seed)

@@ -1,0 +1,386 @@
+"""Head-only training of the decision: the backbone is frozen, only the LM-head rows of the
+first tokens of ``buy`` / ``sell`` / ``hold`` learn.
+
+Why: on 2 CPU cores a backward pass through SmolLM2 over a 430-token prompt costs seconds per
+example, so an SFT run that fits in minutes sees a few hundred examples and does not get past
+the class prior (benchmarks/README.md, the learning curve). The prompt's evidence is readable
+from the backbone's hidden state at the decision position (a linear probe on it separates the
+actions), so the CPU recipe runs the backbone **once** over the training prompts and fits the
+output rows of the action tokens on those hidden states, many epochs in seconds.
+
+It is the same objective as SFT on the decision token, restricted to those rows: the full
+vocabulary softmax at the first assistant position (the other rows fixed, so their log-sum-exp
+is computed once per prompt), cross-entropy against the decision taken. DPO in head mode is the
+sigmoid DPO loss on the same rows against the frozen SFT rows as reference: everything else in
+the model is shared by policy and reference, so the rest of the completion cancels out of the
+implicit reward.
+
+The result is an ordinary causal LM folder (input and output embeddings untied, so changing the
+output rows of ``buy`` leaves the word's input embedding in the prompt as it was); the
+likelihood scorer, generation and every later stage load it like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training import data, scoring
+from training.decision_line import ACTIONS, parse_decision_line
+
+
+@dataclass
+class Features:
+    """Per prompt: the final hidden state at the decision position and the log-sum-exp of the
+    logits of every token that is not an action's first token."""
+
+    hidden: torch.Tensor  # (n, d), float32
+    background: torch.Tensor  # (n,)
+
+
+def action_rows(tokenizer, system: str | None = None) -> list[int]:
+    """The vocabulary ids of the first token of each action (``ACTIONS`` order); they must
+    differ, or the head could not tell the actions apart."""
+    tokens = scoring.action_token_ids(tokenizer, system)
+    rows = [tokens[a][0] for a in ACTIONS]
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"the actions share a first token ({rows}): head mode needs distinct ones")
+    return rows
+
+
+def untie_output_embeddings(model) -> None:
+    """Give the LM head weights of its own (a copy of the tied input embeddings)."""
+    head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+
+
+@torch.no_grad()
+def decision_features(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    rows: Sequence[int],
+    *,
+    system: str | None = None,
+    batch_size: int = 16,
+) -> Features:
+    """Run the backbone once over the prompts (left-padded batches, as the scorer does)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings().weight
+    others = torch.ones(head.shape[0], dtype=torch.bool, device=device)
+    others[list(rows)] = False
+    hidden, background = [], []
+    ids_of = [data.prompt_ids(tokenizer, p, system) for p in prompts]
+    try:
+        for start in range(0, len(ids_of), batch_size):
+            chunk = ids_of[start : start + batch_size]
+            ids, mask, positions = scoring.left_padded(chunk, tokenizer.pad_token_id)
+            with scoring.autocast_for(model):
+                out = model.get_decoder()(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                )
+            last = out.last_hidden_state[:, -1].float()  # after the final norm
+            logits = last @ head.float().T
+            hidden.append(last.cpu())
+            background.append(torch.logsumexp(logits[:, others], dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    return Features(torch.cat(hidden), torch.cat(background))
+
+
+def _logp(weights: torch.Tensor, feats: Features) -> torch.Tensor:
+    """log p(action's first token) over the full vocabulary: (n, 3)."""
+    logits = feats.hidden @ weights.T
+    total = torch.logaddexp(torch.logsumexp(logits, dim=-1), feats.background)
+    return logits - total[:, None]
+
+
+def _class_weights(labels: np.ndarray, balance: bool) -> torch.Tensor:
+    """Per-row weights summing to one; balanced: every action present weighs the same."""
+    if not balance:
+        return torch.full((len(labels),), 1.0 / len(labels))
+    present = np.unique(labels)
+    counts = {a: (labels == a).sum() for a in present}
+    w = np.array([1.0 / (counts[a] * len(present)) for a in labels])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _fit(loss_fn, start: torch.Tensor, scale: torch.Tensor, steps: int, l2: float, log_every: int):
+    """Full-batch L-BFGS on the action rows, with an L2 pull back to where the rows started.
+
+    Solved in per-dimension scaled coordinates (weights * scale, scale = the hidden states'
+    standard deviation per dimension, no centring so no bias is needed): the raw hidden states
+    are badly conditioned and L-BFGS stops early on them."""
+    start_scaled = start * scale
+    scaled = start_scaled.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [scaled], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
+    history: list[dict] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(scaled / scale)
+        total = loss + l2 * (scaled - start_scaled).pow(2).sum()
+        total.backward()
+        evaluations = len(history) + 1
+        if evaluations % log_every == 0 or evaluations == 1:
+            history.append({"step": evaluations, "loss": float(loss.detach())})
+        else:
+            history.append({"step": evaluations})
+        return total
+
+    optimizer.step(closure)
+    weights = (scaled / scale).detach()
+    logged = [h for h in history if "loss" in h]
+    logged.append({"step": len(history), "loss": float(loss_fn(weights))})
+    return weights, logged
+
+
+def fit_sft_head(
+    start: torch.Tensor,
+    feats: Features,
+    actions: Sequence[str],
+    *,
+    steps: int,
+    l2: float,
+    balance: bool,
+    log_every: int = 50,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Rows that minimise the weighted cross-entropy of the decisions taken."""
+    labels = np.asarray(actions)
+    index = torch.tensor([ACTIONS.index(a) for a in labels])
+    weight = _class_weights(labels, balance)
+
+    def loss(weights: torch.Tensor) -> torch.Tensor:
+        picked = _logp(weights, feats).gather(1, index[:, None]).squeeze(1)
+        return -(weight * picked).sum()
+
+    return _fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
+
+
+def fit_dpo_head(
+    start: torch.Tensor,
+    feats: Features,
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    *,
+    beta: float,
+    steps: int,
+    l2: float,
+    log_every: int = 50,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Rows that minimise the sigmoid DPO loss of the pairs' decisions, the starting rows being
+    the reference."""
+    win = torch.tensor([ACTIONS.index(a) for a in chosen])[:, None]
+    lose = torch.tensor([ACTIONS.index(a) for a in rejected])[:, None]
+    with torch.no_grad():
+        ref = _logp(start, feats)
+        ref_margin = (ref.gather(1, win) - ref.gather(1, lose)).squeeze(1)
+
+    def loss(weights: torch.Tensor) -> torch.Tensor:
+        logp = _logp(weights, feats)
+        margin = (logp.gather(1, win) - logp.gather(1, lose)).squeeze(1)
+        return -torch.nn.functional.logsigmoid(beta * (margin - ref_margin)).mean()
+
+    return _fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
+
+
+def choice_metrics(weights: torch.Tensor, feats: Features, actions: Sequence[str]) -> dict:
+    """Accuracy and mean log p(target) renormalised over the three actions, as the scorer."""
+    with torch.no_grad():
+        logp = torch.log_softmax(feats.hidden @ weights.T, dim=-1)
+    index = torch.tensor([ACTIONS.index(a) for a in actions])
+    return {
+        "accuracy": float((logp.argmax(-1) == index).float().mean()),
+        "logp_target": float(logp.gather(1, index[:, None]).mean()),
+    }
+
+
+def set_rows(model, rows: Sequence[int], weights: torch.Tensor) -> None:
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        head[list(rows)] = weights.to(head.dtype)
+
+
+# ------------------------------------------------------------------------------ the stages
+
+
+def sample_per_value(values: Sequence[str], limit: int | None, seed: int) -> np.ndarray:
+    """Row indexes: at most ``limit`` rows per distinct value (seeded), in their original order."""
+    values = np.asarray(values, dtype=object)
+    if limit is None:
+        return np.arange(len(values))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for value in sorted(set(values)):
+        rows = np.flatnonzero(values == value)
+        keep.append(rng.choice(rows, min(limit, len(rows)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def decisions_of(rows) -> list[str]:
+    """The decision of each row: its 'action' column, else the completion's decision line."""
+    if "action" in rows.column_names:
+        return list(rows["action"])
+    out = []
+    for completion in rows["completion"]:
+        parsed = parse_decision_line(completion.split("\n", 1)[0])
+        if parsed is None:
+            raise ValueError(f"no decision line opens the completion {completion[:80]!r}")
+        out.append(parsed[0])
+    return out
+
+
+def _head_model(cfg, tokenizer_model_cfg):
+    from training import models
+
+    model, tokenizer = models.load_model(tokenizer_model_cfg, task="causal", seed=cfg.train.seed)
+    untie_output_embeddings(model)
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    )
+    return model.to(device), tokenizer
+
+
+def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
+    """SFT in head mode: (model, tokenizer, metrics, log history). The rows are fitted to the
+    decisions of the training split (cross-entropy, weighted so that every action counts the
+    same when ``balance_actions``)."""
+    model, tokenizer = _head_model(cfg, cfg.model)
+    system = cfg.data.system_prompt
+    rows = action_rows(tokenizer, system)
+    train = run.train_rows
+    taken = decisions_of(train)
+    keep = sample_per_value(taken, cfg.head.samples_per_action, cfg.train.seed)
+    prompts = [train["prompt"][i] for i in keep]
+    actions = [taken[i] for i in keep]
+    feats = decision_features(
+        model, tokenizer, prompts, rows, system=system, batch_size=cfg.head.batch_size
+    )
+    start = model.get_output_embeddings().weight[rows].detach().float().cpu()
+    weights, history = fit_sft_head(
+        start,
+        feats,
+        actions,
+        steps=cfg.head.max_iter,
+        l2=cfg.head.l2,
+        balance=cfg.balance_actions,
+    )
+    set_rows(model, rows, weights)
+    metrics = {
+        "train_rows": float(len(prompts)),
+        "train_loss": history[-1]["loss"],
+        **{f"train_{k}": v for k, v in choice_metrics(weights, feats, actions).items()},
+        **{f"train_start_{k}": v for k, v in choice_metrics(start, feats, actions).items()},
+    }
+    if run.eval_rows is not None:
+        held = run.eval_rows
+        keep = np.arange(min(len(held), cfg.head.eval_samples or len(held)))
+        targets = [decisions_of(held)[i] for i in keep]
+        eval_feats = decision_features(
+            model,
+            tokenizer,
+            [held["prompt"][i] for i in keep],
+            rows,
+            system=system,
+            batch_size=cfg.head.batch_size,
+        )
+        metrics.update(
+            {f"eval_{k}": v for k, v in choice_metrics(weights, eval_feats, targets).items()}
+        )
+        metrics.update(
+            {f"eval_start_{k}": v for k, v in choice_metrics(start, eval_feats, targets).items()}
+        )
+    return model, tokenizer, metrics, history
+
+
+def _pairs(rows, limit: int | None, seed: int):
+    keep = sample_per_value(rows["chosen_action"], limit, seed)
+    return (
+        [rows["prompt"][i] for i in keep],
+        [rows["chosen_action"][i] for i in keep],
+        [rows["rejected_action"][i] for i in keep],
+    )
+
+
+def preference_metrics(weights, ref_weights, feats: Features, chosen, rejected, beta) -> dict:
+    """Share of pairs whose implicit reward (beta * log-ratio against the reference) of the
+    chosen decision exceeds the rejected one's, and the plain log-probability comparison."""
+    with torch.no_grad():
+        logp, ref = _logp(weights, feats), _logp(ref_weights, feats)
+    win = torch.tensor([ACTIONS.index(a) for a in chosen])[:, None]
+    lose = torch.tensor([ACTIONS.index(a) for a in rejected])[:, None]
+    reward = beta * (
+        (logp.gather(1, win) - ref.gather(1, win)) - (logp.gather(1, lose) - ref.gather(1, lose))
+    )
+    plain = logp.gather(1, win) - logp.gather(1, lose)
+    return {
+        "reward_accuracy": float((reward > 0).float().mean()),
+        "logp_preference_accuracy": float((plain > 0).float().mean()),
+    }
+
+
+def train_dpo_head(cfg, run, start_model_cfg) -> tuple[object, object, dict, list[dict]]:
+    """DPO in head mode from the SFT checkpoint: (model, tokenizer, metrics, log history).
+    Pairs need ``chosen_action`` / ``rejected_action`` columns (ds_dpo has them)."""
+    model, tokenizer = _head_model(cfg, start_model_cfg)
+    system = cfg.data.system_prompt
+    rows = action_rows(tokenizer, system)
+    train = run.train_rows
+    if cfg.min_margin:
+        train = train.filter(lambda r: r["margin"] is not None and r["margin"] >= cfg.min_margin)
+    prompts, chosen, rejected = _pairs(train, cfg.head.samples_per_action, cfg.train.seed)
+    if not prompts:
+        raise ValueError(f"no DPO pairs left after min_margin={cfg.min_margin}")
+    feats = decision_features(
+        model, tokenizer, prompts, rows, system=system, batch_size=cfg.head.batch_size
+    )
+    start = model.get_output_embeddings().weight[rows].detach().float().cpu()
+    weights, history = fit_dpo_head(
+        start, feats, chosen, rejected, beta=cfg.beta, steps=cfg.head.max_iter, l2=cfg.head.l2
+    )
+    set_rows(model, rows, weights)
+    metrics = {
+        "train_rows": float(len(prompts)),
+        "train_loss": history[-1]["loss"],
+        **{
+            f"train_{k}": v
+            for k, v in preference_metrics(
+                weights, start, feats, chosen, rejected, cfg.beta
+            ).items()
+        },
+    }
+    if run.eval_rows is not None:
+        held = run.eval_rows
+        n = min(len(held), cfg.head.eval_samples or len(held))
+        p = [held["prompt"][i] for i in range(n)]
+        c = [held["chosen_action"][i] for i in range(n)]
+        r = [held["rejected_action"][i] for i in range(n)]
+        eval_feats = decision_features(
+            model, tokenizer, p, rows, system=system, batch_size=cfg.head.batch_size
+        )
+        metrics.update(
+            {
+                f"eval_{k}": v
+                for k, v in preference_metrics(weights, start, eval_feats, c, r, cfg.beta).items()
+            }
+        )
+        metrics.update(
+            {
+                f"eval_start_{k}": v
+                for k, v in preference_metrics(start, start, eval_feats, c, r, cfg.beta).items()
+            }
+        )
+    return model, tokenizer, metrics, history
