@@ -76,6 +76,8 @@ TRAIN_ARGS ?=
 train: install
 	@test -d $(DATASETS)/sft || { echo "no dataset exports under $(DATASETS): run make demo first (or DATASETS=folder)"; exit 1; }
 	$(PY) -m training recipe --datasets $(DATASETS) --out var/training/recipe $(TRAIN_ARGS)
+	$(PY) -m orchestration.evaluate --decision var/training/recipe/dpo/final \
+	  --prm var/training/recipe/prm/final --sft var/training/recipe/sft/final
 
 lint: install
 	$(VENV)/bin/ruff check .

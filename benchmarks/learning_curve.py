@@ -1,191 +1,137 @@
-"""Learning curve of the CPU recipe: decision log-likelihood and accuracy against SFT steps,
-with the CPU minutes they cost.
+"""Learning curve of the CPU recipe (SFT in head mode): decision log-likelihood and accuracy on
+the test split against the number of training prompts, with the CPU seconds they cost.
 
-Run ``python -m benchmarks.learning_curve --datasets /work/data/datasets --out /tmp/lc``
-(``--test-items N`` scores a seeded sample of the test split instead of all of it; trailing
-``key=value`` items override the SFT recipe config, e.g. ``train.max_steps=60``).
+    python -m benchmarks.learning_curve --datasets var/datasets --out /tmp/lc
 
-1. SFT with ``training/configs/sft.yaml`` on ``<datasets>/sft/*.parquet``, saving the adapters
-   every ``--every`` steps; the process CPU time at each save is recorded (a callback), so the
-   curve's x axis is steps and CPU minutes.
-2. Each saved step, the untrained base (step 0) and the final merged checkpoint are scored on
-   the same test items by likelihood: one forward pass per prompt (chat template, no system
-   turn), the log-probabilities of ``buy`` / ``sell`` / ``hold`` as the first assistant token,
-   renormalised over the three. Per item: log p(target) and whether the argmax is the target
-   (``ds_sft.action``, the first word of the decision-first completion).
-3. The table: per step, mean log p(target) and accuracy, each with its paired-bootstrap 95 %
-   interval of the difference to the base model and to train-majority (the train split's
-   action frequencies as the predictor; accuracy: always the most frequent action).
-
-This minimal scorer is the benchmark's own measuring stick; the project's evaluation scores
-checkpoints the same way on the whole test split.
+1. The recipe's SFT config (``training/configs/sft.yaml``: the bottom 8 layers of
+   SmolLM2-135M-Instruct, frozen) runs the backbone once over ``--max-per-action`` training
+   prompts per action and over the test items (``--test-items``: a seeded sample, default all);
+   the process CPU time per prompt is measured.
+2. For each size on the curve (``--sizes``, prompts per action) the decision rows are fitted on
+   the first prompts of each action (``training.decision_head.fit_sft_head``, the recipe's l2
+   and iterations) and scored on the test items exactly as the likelihood scorer does:
+   renormalised p(buy / sell / hold) of the first assistant token, per item log p(target) and
+   argmax accuracy. Size 0 is the untrained base (the rows as loaded).
+3. Per size: mean log p(target) and accuracy, and the paired bootstrap's 95 % interval of the
+   difference in log p(target) to the base and to train-majority (the train split's action
+   frequencies, add-one smoothed, as the forecast).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-ACTIONS = ("buy", "sell", "hold")
-REPO = Path(__file__).resolve().parents[1]
+from training import decision_head
+from training.config import SFTStageConfig, load_config
+from training.decision_line import ACTIONS
+from training.models import load_model
+from training.promotion import paired_bootstrap
+from training.recipe import config_file
 
 
-def action_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8):
-    """(n, 3) log p(buy / sell / hold as the first assistant token), renormalised."""
-    import torch
+def _split(datasets: str, split: str) -> pd.DataFrame:
+    files = sorted(glob.glob(str(Path(datasets) / "sft" / f"{split}.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no {split}.parquet under {datasets}/sft")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
-    from training.data import prompt_ids
 
-    first = [tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in ACTIONS]
-    model.eval()
-    out = []
+def _item_logp(weights: torch.Tensor, feats: decision_head.Features, targets) -> np.ndarray:
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-            width = max(map(len, encoded))
-            ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for i, row in enumerate(encoded):
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            last = logits[torch.arange(len(encoded)), mask.sum(1) - 1].float()
-            picked = torch.log_softmax(last, -1)[:, first]
-            out.append(torch.log_softmax(picked, -1).numpy())
-    return np.concatenate(out)
-
-
-def paired_interval(diff: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_boot)]
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def majority_scores(train_actions: pd.Series, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    share = train_actions.value_counts(normalize=True)
-    log_p = np.log(np.array([share.get(a, 1e-9) for a in targets]))
-    return log_p, (targets == share.idxmax()).astype(float)
+        logp = torch.log_softmax(feats.hidden @ weights.T, dim=-1)
+    index = torch.tensor([ACTIONS.index(t) for t in targets])
+    return logp.gather(1, index[:, None]).squeeze(1).numpy(), (logp.argmax(-1) == index).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--every", type=int, default=30, help="save and score every N steps")
-    parser.add_argument("--test-items", type=int, default=None, help="sample; default all")
+    parser.add_argument("--datasets", required=True, help="folder with sft/<split>.parquet")
+    parser.add_argument("--out", required=True, help="folder for curve.json")
+    parser.add_argument("--sizes", default="25,50,100,200,400", help="prompts per action")
+    parser.add_argument("--test-items", type=int, default=None, help="seeded sample; default all")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="write the table here")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-
-    import torch
-    from peft import PeftModel
-    from transformers import TrainerCallback
-
-    from training import checkpoint, models
-    from training.config import SFTStageConfig
-    from training.recipe import stage_config
-    from training.sft import train_sft
-
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    cfg = stage_config(
-        "sft",
-        args.datasets,
-        out,
-        overrides=[f"train.save_steps={args.every}", *args.overrides],
-    )
-    cpu_at_step: dict[int, float] = {}
-    start_cpu = time.process_time()
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
 
-    class CpuClock(TrainerCallback):
-        def on_save(self, _args, state, control, **kwargs):
-            cpu_at_step[state.global_step] = (time.process_time() - start_cpu) / 60
+    cfg: SFTStageConfig = load_config("sft", config_file("sft", "cpu"), [])
+    train, test = _split(args.datasets, "train"), _split(args.datasets, "test")
+    if args.test_items and len(test) > args.test_items:
+        test = test.sample(args.test_items, random_state=0)
+    model, tokenizer = load_model(cfg.model, seed=cfg.train.seed)
+    decision_head.untie_output_embeddings(model)
+    rows = decision_head.action_rows(tokenizer, cfg.data.system_prompt)
+    keep = decision_head.sample_per_value(train["action"], max(sizes), cfg.train.seed)
+    train = train.iloc[keep].reset_index(drop=True)
 
-    if args.from_run:
-        run = Path(args.from_run)
-        final_dir, output_dir = run / "final", run
-        config, lineage = checkpoint.read_metadata(final_dir)
-        cfg = SFTStageConfig.from_dict({k: v for k, v in config.items() if k != "resolved"})
-        metrics = lineage["metrics"]
-        total = int(metrics["train_global_steps"])
-        for folder in run.glob("checkpoint-*"):
-            step = int(folder.name.split("-")[1])
-            cpu_at_step[step] = metrics["train_cpu_seconds"] / 60 * step / total
-    else:
-        result = train_sft(cfg, callbacks=[CpuClock()])
-        metrics, total = result.metrics, int(result.metrics["train_global_steps"])
-        final_dir, output_dir = Path(result.checkpoint_dir), Path(cfg.train.output_dir)
-    cpu_at_step[total] = metrics["train_cpu_seconds"] / 60
+    started = time.process_time()
+    feats = decision_head.stage_features(model, tokenizer, list(train["prompt"]), rows, cfg)
+    cpu_per_prompt = (time.process_time() - started) / len(train)
+    test_feats = decision_head.stage_features(model, tokenizer, list(test["prompt"]), rows, cfg)
+    targets = list(test["action"])
+    start = model.get_output_embeddings().weight[rows].detach().float()
+    base_logp, base_hit = _item_logp(start, test_feats, targets)
+    counts = _split(args.datasets, "train")["action"].value_counts()
+    prior = np.array([counts.get(a, 0) + 1 for a in ACTIONS], dtype=float)
+    prior = np.log(prior / prior.sum())
+    majority_logp = np.array([prior[ACTIONS.index(t)] for t in targets])
+    majority_hit = np.array([t == ACTIONS[int(prior.argmax())] for t in targets])
 
-    sft_dir = Path(args.datasets) / "sft"
-    test = pd.read_parquet(sft_dir / "test.parquet")
-    if args.test_items and args.test_items < len(test):
-        test = test.sample(n=args.test_items, random_state=0).sort_index()
-    train_actions = pd.read_parquet(sft_dir / "train.parquet", columns=["action"])["action"]
-    targets = test["action"].to_numpy()
-    target_index = np.array([ACTIONS.index(a) for a in targets])
-    prompts = list(test["prompt"])
-
-    def scored(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        picked = log_probs[np.arange(len(targets)), target_index]
-        return picked, (log_probs.argmax(1) == target_index).astype(float)
-
-    base, tokenizer = models.load_model(cfg.model, dtype=models.base_dtype(cfg.lora))
-    rows = []
-    base_lp, base_acc = scored(action_log_probs(base, tokenizer, prompts))
-    maj_lp, maj_acc = majority_scores(train_actions, targets)
-    points = [(0, None)]
-    points += sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*"))
-    if total not in {s for s, _ in points}:
-        points.append((total, final_dir))
-    for step, folder in points:
-        if folder is None:
-            lp, acc = base_lp, base_acc
-        elif (folder / "adapter_config.json").is_file():
-            model = PeftModel.from_pretrained(base, folder)
-            lp, acc = scored(action_log_probs(model, tokenizer, prompts))
-            base = model.unload()  # the adapters off again, the base model intact
-        else:
-            model, _, _ = checkpoint.load_checkpoint(folder)
-            lp, acc = scored(action_log_probs(model, tokenizer, prompts))
-        row = {
-            "step": step,
-            "cpu_min": cpu_at_step.get(step, 0.0),
-            "logp": float(lp.mean()),
-            "acc": float(acc.mean()),
-            "logp_vs_base": paired_interval(lp - base_lp),
-            "acc_vs_base": paired_interval(acc - base_acc),
-            "logp_vs_majority": paired_interval(lp - maj_lp),
-            "acc_vs_majority": paired_interval(acc - maj_acc),
+    def row(size: int, logp: np.ndarray, hit: np.ndarray, cpu_s: float) -> dict:
+        vs_base = paired_bootstrap(logp, base_logp) if size else None
+        vs_majority = paired_bootstrap(logp, majority_logp)
+        return {
+            "prompts_per_action": size,
+            "train_prompts": int(min(size * len(ACTIONS), len(train))) if size else 0,
+            "cpu_seconds": round(cpu_s, 1),
+            "logp_target": float(logp.mean()),
+            "accuracy": float(hit.mean()),
+            "vs_base_ci": [vs_base.ci_low, vs_base.ci_high] if vs_base else None,
+            "vs_majority_ci": [vs_majority.ci_low, vs_majority.ci_high],
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+
+    curve = [row(0, base_logp, base_hit, 0.0)]
+    for size in sizes:
+        subset = decision_head.sample_per_value(train["action"], size, cfg.train.seed)
+        fit_started = time.process_time()
+        part = decision_head.Features(feats.hidden[subset], feats.background[subset])
+        weights, _ = decision_head.fit_sft_head(
+            start,
+            part,
+            list(train["action"].iloc[subset]),
+            steps=cfg.head.max_iter,
+            l2=cfg.head.l2,
+            balance=cfg.balance_actions,
+        )
+        fit_cpu = time.process_time() - fit_started
+        logp, hit = _item_logp(weights, test_feats, targets)
+        curve.append(row(size, logp, hit, cpu_per_prompt * len(subset) + fit_cpu))
 
     print(
-        f"\n{len(targets)} test items; train-majority log p {maj_lp.mean():.3f}, acc "
-        f"{maj_acc.mean():.3f}; base log p {base_lp.mean():.3f}, acc {base_acc.mean():.3f}"
+        f"test items: {len(test)}; train-majority: log p(target) {majority_logp.mean():.3f}, "
+        f"accuracy {majority_hit.mean():.3f}; backbone forward {cpu_per_prompt:.2f} CPU-s/prompt"
     )
     print(
-        "| step | CPU min | log p(target) | accuracy | Δ log p vs base, 95 % CI "
-        "| Δ acc vs majority, 95 % CI |"
+        "per action | prompts | CPU s | log p(target) | accuracy | vs base (95% CI) | vs majority"
     )
-    print("|---:|---:|---:|---:|---|---|")
-    for r in rows:
-        lo, hi = r["logp_vs_base"]
-        alo, ahi = r["acc_vs_majority"]
+    for r in curve:
+        base = "" if r["vs_base_ci"] is None else "[{:+.3f}, {:+.3f}]".format(*r["vs_base_ci"])
         print(
-            f"| {r['step']} | {r['cpu_min']:.1f} | {r['logp']:.3f} | {r['acc']:.3f} "
-            f"| [{lo:+.3f}, {hi:+.3f}] | [{alo:+.3f}, {ahi:+.3f}] |"
+            f"{r['prompts_per_action']:>10} | {r['train_prompts']:>7} | {r['cpu_seconds']:>5} | "
+            f"{r['logp_target']:>13.3f} | {r['accuracy']:>8.3f} | {base:>16} | "
+            "[{:+.3f}, {:+.3f}]".format(*r["vs_majority_ci"])
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps(curve, indent=2) + "\n")
     return 0
 
 

@@ -201,6 +201,8 @@ METHODS = ("trainer", "head")
 def validate_method(method: str, head: HeadConfig) -> None:
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    if head.forward_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"head.forward_dtype={head.forward_dtype!r}: bfloat16 or float32")
     if head.max_iter < 1 or head.l2 < 0 or head.batch_size < 1:
         raise ValueError("head.max_iter >= 1, head.l2 >= 0 and head.batch_size >= 1 needed")
     for name in ("samples_per_action", "eval_samples"):
@@ -230,6 +232,12 @@ class HeadConfig:
         default=0.02,
     )
     batch_size: int = _help("Prompts per forward pass of the backbone.", default=16)
+    forward_dtype: str = _help(
+        "dtype of the frozen backbone's forward pass over the prompts: 'bfloat16' (about 3x "
+        "faster on AVX512-BF16 CPUs; the fitted rows and the saved model stay float32) or "
+        "'float32'.",
+        default="bfloat16",
+    )
 
 
 @dataclass

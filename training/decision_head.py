@@ -22,6 +22,7 @@ likelihood scorer, generation and every later stage load it like any other check
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,12 +71,18 @@ def decision_features(
     *,
     system: str | None = None,
     batch_size: int = 16,
+    forward_dtype: str = "float32",
 ) -> Features:
-    """Run the backbone once over the prompts (left-padded batches, as the scorer does)."""
+    """Run the backbone once over the prompts (left-padded batches, as the scorer does), in
+    ``forward_dtype`` (a converted copy of the model when it differs); the LM head's
+    log-sum-exp is taken in float32."""
+    head = model.get_output_embeddings().weight.detach().float()
+    dtype = getattr(torch, forward_dtype)
+    if next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    head = model.get_output_embeddings().weight
     others = torch.ones(head.shape[0], dtype=torch.bool, device=device)
     others[list(rows)] = False
     hidden, background = [], []
@@ -91,7 +98,7 @@ def decision_features(
                     position_ids=positions.to(device),
                 )
             last = out.last_hidden_state[:, -1].float()  # after the final norm
-            logits = last @ head.float().T
+            logits = last @ head.T
             hidden.append(last.cpu())
             background.append(torch.logsumexp(logits[:, others], dim=-1).cpu())
     finally:
@@ -243,6 +250,19 @@ def decisions_of(rows) -> list[str]:
     return out
 
 
+def stage_features(model, tokenizer, prompts: Sequence[str], rows: Sequence[int], cfg) -> Features:
+    """decision_features with the stage config's system prompt, batch size and dtype."""
+    return decision_features(
+        model,
+        tokenizer,
+        prompts,
+        rows,
+        system=cfg.data.system_prompt,
+        batch_size=cfg.head.batch_size,
+        forward_dtype=cfg.head.forward_dtype,
+    )
+
+
 def _head_model(cfg, tokenizer_model_cfg):
     from training import models
 
@@ -266,9 +286,7 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
     keep = sample_per_value(taken, cfg.head.samples_per_action, cfg.train.seed)
     prompts = [train["prompt"][i] for i in keep]
     actions = [taken[i] for i in keep]
-    feats = decision_features(
-        model, tokenizer, prompts, rows, system=system, batch_size=cfg.head.batch_size
-    )
+    feats = stage_features(model, tokenizer, prompts, rows, cfg)
     start = model.get_output_embeddings().weight[rows].detach().float().cpu()
     weights, history = fit_sft_head(
         start,
@@ -289,14 +307,7 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
         held = run.eval_rows
         keep = np.arange(min(len(held), cfg.head.eval_samples or len(held)))
         targets = [decisions_of(held)[i] for i in keep]
-        eval_feats = decision_features(
-            model,
-            tokenizer,
-            [held["prompt"][i] for i in keep],
-            rows,
-            system=system,
-            batch_size=cfg.head.batch_size,
-        )
+        eval_feats = stage_features(model, tokenizer, [held["prompt"][i] for i in keep], rows, cfg)
         metrics.update(
             {f"eval_{k}": v for k, v in choice_metrics(weights, eval_feats, targets).items()}
         )
@@ -344,9 +355,7 @@ def train_dpo_head(cfg, run, start_model_cfg) -> tuple[object, object, dict, lis
     prompts, chosen, rejected = _pairs(train, cfg.head.samples_per_action, cfg.train.seed)
     if not prompts:
         raise ValueError(f"no DPO pairs left after min_margin={cfg.min_margin}")
-    feats = decision_features(
-        model, tokenizer, prompts, rows, system=system, batch_size=cfg.head.batch_size
-    )
+    feats = stage_features(model, tokenizer, prompts, rows, cfg)
     start = model.get_output_embeddings().weight[rows].detach().float().cpu()
     weights, history = fit_dpo_head(
         start, feats, chosen, rejected, beta=cfg.beta, steps=cfg.head.max_iter, l2=cfg.head.l2
@@ -368,9 +377,7 @@ def train_dpo_head(cfg, run, start_model_cfg) -> tuple[object, object, dict, lis
         p = [held["prompt"][i] for i in range(n)]
         c = [held["chosen_action"][i] for i in range(n)]
         r = [held["rejected_action"][i] for i in range(n)]
-        eval_feats = decision_features(
-            model, tokenizer, p, rows, system=system, batch_size=cfg.head.batch_size
-        )
+        eval_feats = stage_features(model, tokenizer, p, rows, cfg)
         metrics.update(
             {
                 f"eval_{k}": v

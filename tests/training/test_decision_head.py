@@ -93,7 +93,7 @@ def head_runs(tmp_path_factory):
             "method": "head",
             "model": {"name_or_path": "tiny", "tiny_hidden_size": 64},
             "data": {"files": [str(sft_file)], **common},
-            "head": {"max_iter": 200, "l2": 0.02},
+            "head": {"max_iter": 200, "l2": 0.02, "forward_dtype": "float32"},
             "train": {"output_dir": str(folder / "sft")},
             "balance_actions": True,
         }
@@ -105,7 +105,7 @@ def head_runs(tmp_path_factory):
             "model": {"name_or_path": ""},
             "sft_checkpoint": sft.checkpoint_dir,
             "data": {"files": [str(dpo_file)], **common},
-            "head": {"max_iter": 200, "l2": 0.02},
+            "head": {"max_iter": 200, "l2": 0.02, "forward_dtype": "float32"},
             "train": {"output_dir": str(folder / "dpo")},
         }
     )
@@ -155,3 +155,21 @@ def test_dpo_head_starts_from_sft_and_wins_held_out_pairs(head_runs):
     assert dpo.metrics["eval_start_reward_accuracy"] == 0.0
     assert dpo.metrics["eval_reward_accuracy"] >= 0.9
     assert Path(dpo.checkpoint_dir, "model.safetensors").is_file()
+
+
+def test_bfloat16_forward_gives_nearly_the_float32_features():
+    from training.config import ModelConfig
+    from training.models import load_model
+
+    model, tokenizer = load_model(ModelConfig(name_or_path="tiny", tiny_hidden_size=64))
+    decision_head.untie_output_embeddings(model)
+    rows = decision_head.action_rows(tokenizer, "")
+    prompts = list(synthetic.sft_frame(12).prompt)
+    exact = decision_head.decision_features(model, tokenizer, prompts, rows, system="")
+    fast = decision_head.decision_features(
+        model, tokenizer, prompts, rows, system="", forward_dtype="bfloat16"
+    )
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is not converted
+    relative = (fast.hidden - exact.hidden).norm(dim=1) / exact.hidden.norm(dim=1)
+    assert float(relative.max()) < 0.05
+    assert torch.allclose(fast.background, exact.background, atol=0.1)
