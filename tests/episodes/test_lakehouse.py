@@ -44,15 +44,15 @@ REPO = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------- connections
 
 
+def _loaded_extensions(con) -> set[str]:
+    rows = con.execute("select extension_name from duckdb_extensions() where loaded").fetchall()
+    return {row[0] for row in rows}
+
+
 def test_extensions_load_from_the_pinned_packages_and_data_is_parquet(tmp_path: Path) -> None:
     catalog = tmp_path / "lake.sqlite"
     with lakehouse_connection(catalog, read_only=False) as con:
-        loaded = {
-            row[0]
-            for row in con.execute(
-                "select extension_name from duckdb_extensions() where loaded"
-            ).fetchall()
-        }
+        loaded = _loaded_extensions(con)
         assert {"ducklake", "httpfs", "sqlite_scanner"} <= loaded
         # nothing may be fetched from the network: autoinstall and autoload are off
         assert (
@@ -155,12 +155,7 @@ def test_postgres_catalog(tmp_path: Path, pg_database: str) -> None:
         data_path=str(tmp_path / "data"),
     )
     with lakehouse_connection(lake, read_only=False) as con:
-        loaded = {
-            row[0]
-            for row in con.execute(
-                "select extension_name from duckdb_extensions() where loaded"
-            ).fetchall()
-        }
+        loaded = _loaded_extensions(con)
         assert "postgres_scanner" in loaded
         con.execute("create table t as select range as i from range(3)")
         first = current_snapshot(con)
