@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,7 +39,7 @@ import duckdb
 ALIAS = "lake"
 # Connection config of every lakehouse connection: nothing is ever downloaded.
 CONNECTION_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-# How long a commit waits for another process's commit to a SQLite catalog.
+# How long a SQLite catalog's connection waits for another process's lock.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 # The package of each extension and the name DuckDB expects of its file (the file's entry point
 # is named after it: the sqlite and postgres packages ship ``<name>.duckdb_extension`` files of
@@ -112,9 +112,6 @@ class Lakehouse:
         """Where it is, without secrets (for logs and metadata)."""
         where = "postgres catalog" if self.uses_postgres else f"sqlite catalog {self.catalog}"
         return f"{where}, data {self.resolved_data_path()}"
-
-    def at(self, path: str | Path) -> Lakehouse:
-        return replace(self, catalog=str(path))
 
 
 def as_lakehouse(where: Lakehouse | str | Path) -> Lakehouse:
@@ -236,8 +233,10 @@ def attach_sql(
         # Every row as Parquet under the data path (no rows inlined into the catalog).
         options = [f"DATA_PATH {_quote(data_path)}", "DATA_INLINING_ROW_LIMIT 0"]
     if not lake.uses_postgres:
-        # Two processes committing at once: the second waits for SQLite's write lock (the
-        # default is to fail at once with "database is locked").
+        # Where SQLite can wait for another process's write lock, wait (its default is to fail
+        # at once). A commit whose transaction began before another one committed still fails
+        # with "database is locked" (WAL mode, and DuckLake does not retry it): writers of a
+        # SQLite catalog run one at a time (the dbt runs' pool; dbt with one thread).
         options.append(f"METADATA_PARAMETERS MAP {{'busy_timeout': {SQLITE_BUSY_TIMEOUT_MS}}}")
     return f"ATTACH IF NOT EXISTS {_quote(lake.catalog_uri())} AS {alias} ({', '.join(options)})"
 
