@@ -51,7 +51,7 @@ install: $(STAMP) $(MANIFEST)
 
 # dagster-dbt loads the manifest at import; prepare it here, never at import time.
 $(MANIFEST): $(STAMP) $(DBT_SOURCES)
-	cd dbt_project && DD_WAREHOUSE_PATH=$${DD_WAREHOUSE_PATH:-$(CURDIR)/var/warehouse/warehouse.duckdb} ../$(VENV)/bin/dbt parse --quiet
+	cd dbt_project && ../$(VENV)/bin/dbt parse --quiet
 	@touch $(MANIFEST)
 
 instance: $(DAGSTER_HOME)/dagster.yaml
@@ -79,17 +79,20 @@ train: install
 	$(PY) -m orchestration.evaluate --decision var/training/recipe/dpo/final \
 	  --prm var/training/recipe/prm/final --sft var/training/recipe/sft/final
 
+# sqlfluff's dbt templater compiles the models against a scratch lakehouse of its own.
+LINT_LAKEHOUSE := DD_LAKEHOUSE_CATALOG=$(CURDIR)/var/lint/lakehouse.sqlite DD_LAKEHOUSE_DATA_PATH=$(CURDIR)/var/lint/lakehouse DD_LAKEHOUSE_CATALOG_DSN=
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	@mkdir -p var/lint
-	DD_WAREHOUSE_PATH=$(CURDIR)/var/lint/warehouse.duckdb $(VENV)/bin/sqlfluff lint dbt_project/models
+	$(LINT_LAKEHOUSE) $(VENV)/bin/sqlfluff lint dbt_project/models
 
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 	@mkdir -p var/lint
-	DD_WAREHOUSE_PATH=$(CURDIR)/var/lint/warehouse.duckdb $(VENV)/bin/sqlfluff fix dbt_project/models
+	$(LINT_LAKEHOUSE) $(VENV)/bin/sqlfluff fix dbt_project/models
 
 test: install lint
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)

@@ -8,7 +8,7 @@ Run ``python -m benchmarks.episodes_bench [--quick] [--json FILE]`` (see benchma
    days again for the doubling), lands them as Binance dumps in the ``sim-trades`` feed and
    ingests them (``scan_landing`` + ``ingest_partitions``, a few days per call): untimed set-up.
    Timed: one ``dbt build --select +int_counterfactuals --exclude-resource-type test`` over the
-   whole range on a fresh DuckDB warehouse (the seed, the staging views, int_bars …
+   whole range on a fresh lakehouse (the seed, the staging views, int_bars …
    int_counterfactuals), and the same work in pandas from the same raw Parquet: bars by
    ``groupby(symbol, minute)``, ``point_in_time_features.compute_features``, decision point ids,
    ``policies.decide`` for every (point, policy), int_outcomes with ``groupby().shift``, and
@@ -182,17 +182,19 @@ def first_days_root(source: Path, target: Path, days: int) -> Path:
 # dbt
 # --------------------------------------------------------------------------------------------
 class Dbt:
-    """Runs dbt as a subprocess (as Dagster's DbtCliResource does) on one warehouse file."""
+    """Runs dbt as a subprocess (as Dagster's DbtCliResource does) on one lakehouse (a SQLite
+    catalog, its Parquet files beside it)."""
 
     def __init__(self, project_dir: Path, work: Path, name: str) -> None:
         self.project_dir, self.work, self.name = project_dir, work, name
-        self.warehouse = work / f"{name}.duckdb"
+        self.warehouse = work / f"{name}.sqlite"
         self.target = work / f"target-{name}"
 
     def invoke(self, args: list[str], variables: dict[str, Any]) -> dict[str, Any]:
         env = {
             **os.environ,
-            "DD_WAREHOUSE_PATH": str(self.warehouse),
+            "DD_LAKEHOUSE_CATALOG": str(self.warehouse),
+            "DD_LAKEHOUSE_DATA_PATH": f"{self.warehouse}.files",
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         }
         command = [
@@ -252,13 +254,10 @@ class Dbt:
         return {"nodes": nodes, "outside_nodes_s": max(wall - span, 0.0)}
 
     def query(self, sql: str) -> list[tuple]:
-        import duckdb
+        from assets.core.lakehouse import lakehouse_connection
 
-        con = duckdb.connect(str(self.warehouse), read_only=True)
-        try:
+        with lakehouse_connection(self.warehouse) as con:
             return con.execute(sql).fetchall()
-        finally:
-            con.close()
 
     def count(self, table: str, where: str = "true") -> int | None:
         try:
@@ -286,7 +285,10 @@ def episode_run(
         counts=counts,
         episodes=episodes,
         episodes_per_s=episodes / result["wall_s"],
-        warehouse_mb=dbt.warehouse.stat().st_size / 1e6,
+        warehouse_mb=sum(
+            f.stat().st_size for f in Path(f"{dbt.warehouse}.files").rglob("*") if f.is_file()
+        )
+        / 1e6,
     )
     say(
         f"  {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU, {episodes:,} episodes, "

@@ -187,9 +187,9 @@ def main() -> int:
     if "recorded-decisions" in feeds:
         _land_frame(storage, feeds["recorded-decisions"], desk_journal(), "desk-journal.csv")
         _ingest_landed(instance, storage, feeds)
-    warehouse = resources["warehouse"].path
+    lakehouse = resources["warehouse"].lakehouse()
     if "expert-feedback" in feeds and _built(instance, AssetKey("fct_step_labels")):
-        frame = simulated_expert_feedback(warehouse)
+        frame = simulated_expert_feedback(lakehouse)
         _land_frame(storage, feeds["expert-feedback"], frame, "expert-review.csv")
         _ingest_landed(instance, storage, feeds)
     _complete_marts(instance)
@@ -197,7 +197,7 @@ def main() -> int:
     if ok:
         ok = _train(instance)
     print(
-        f"storage root: {storage.root}\nwarehouse: {warehouse}\n"
+        f"storage root: {storage.root}\nlakehouse: {lakehouse.describe()}\n"
         f"Dagster home: {os.environ.get('DAGSTER_HOME')}"
     )
     return 0 if ok else 1

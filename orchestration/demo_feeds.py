@@ -7,7 +7,7 @@
 * ``simulated_expert_feedback``: an expert-feedback file (feed ``expert-feedback``) rating a
   seeded sample of steps of built episodes, as reviewers would: mostly agreeing with the
   automatic label, sometimes not, sometimes neutral. It stands in for real raters so the
-  demo shows ratings overriding labels and the agreement report; it reads the warehouse.
+  demo shows ratings overriding labels and the agreement report; it reads the lakehouse.
 
 ``python -m orchestration.demo_feeds journal OUT.csv`` / ``feedback OUT.csv``.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from assets.episodes.datasets import connect_read_only
+from assets.core.lakehouse import Lakehouse, connect, lakehouse_from_env
 from assets.ingestion.landing import default_feed_file
 
 AGENTS = ("desk-alice", "desk-bob")
@@ -65,12 +65,12 @@ def desk_journal(
 
 
 def simulated_expert_feedback(
-    warehouse: str | Path, n_steps: int = 60, seed: int = 11, agree: float = 0.85
+    warehouse: Lakehouse | str | Path, n_steps: int = 60, seed: int = 11, agree: float = 0.85
 ) -> pd.DataFrame:
     """Columns as the ``expert-feedback`` feed declares them (episode_id, step, rating, rater,
     rated_at, comment): ``n_steps`` steps of original traces with an automatic hard label, each
     rated by one of two raters."""
-    con = connect_read_only(warehouse)
+    con = connect(warehouse)
     try:
         steps = con.execute(
             """
@@ -108,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.demo_feeds", description=__doc__)
     parser.add_argument("what", choices=["journal", "feedback"])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--warehouse", help="DuckDB file (feedback only)")
+    parser.add_argument(
+        "--warehouse",
+        help="the lakehouse's SQLite catalog (feedback only; default: the environment's "
+        "lakehouse, DD_LAKEHOUSE_*)",
+    )
     args = parser.parse_args(argv)
     if args.what == "journal":
         frame = desk_journal()
     else:
-        if not args.warehouse:
-            parser.error("feedback needs --warehouse")
-        frame = simulated_expert_feedback(args.warehouse)
+        frame = simulated_expert_feedback(args.warehouse or lakehouse_from_env())
     frame.to_csv(args.out, index=False)
     print(f"{len(frame)} rows -> {args.out}")
     return 0

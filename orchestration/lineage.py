@@ -4,7 +4,8 @@ TARGET is a checkpoint folder, ``models:/<name>/<version>``, ``models:/<name>@<a
 ``<name>@<alias>`` (e.g. ``decision-data-sft@challenger``). Prints the chain
 
     checkpoint -> stage and base model (a DPO checkpoint: the SFT checkpoint it started from,
-    with that checkpoint's own chain) -> dataset files (sha256, rows) -> episode partitions
+    with that checkpoint's own chain) -> dataset files (sha256, rows) and the lakehouse
+    snapshot they were exported from (``AT (VERSION => n)`` reads the same rows) -> episode partitions
     (count, first..last) -> dbt models (name, checksum) -> raw landed files (path, feed, sha256)
 
 read from the checkpoint's lineage.json. ``--json`` prints lineage.json itself.
@@ -119,7 +120,11 @@ def describe(lineage: dict[str, Any], checkpoint: str, indent: str = "") -> list
         out += describe(read_folder(base), base, indent + "    ")
     dataset = lineage.get("dataset") or {}
     files = dataset.get("files") or {}
-    out.append(f"{indent}dataset {dataset.get('model', '?')} built by {dataset.get('built_by')}")
+    snapshot = dataset.get("lakehouse_snapshot")
+    read_at = f", read at lakehouse snapshot {snapshot}" if snapshot is not None else ""
+    out.append(
+        f"{indent}dataset {dataset.get('model', '?')} built by {dataset.get('built_by')}{read_at}"
+    )
     for split, entry in files.items():
         out.append(
             f"{indent}  {split:<10} rows {entry.get('rows'):>7}  sha256 {entry.get('sha256')}  "

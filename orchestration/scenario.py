@@ -66,11 +66,12 @@ class Timeline:
 
 
 def scenario_env(home: Path, args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "DD_LAKEHOUSE_CATALOG_DSN"}
     env.update(
         DAGSTER_HOME=str(home / "dagster"),
         DD_STORAGE_ROOT=str(home / "store"),
-        DD_WAREHOUSE_PATH=str(home / "warehouse.duckdb"),
+        DD_LAKEHOUSE_CATALOG=str(home / "lakehouse.sqlite"),
+        DD_LAKEHOUSE_DATA_PATH=str(home / "store" / "lakehouse"),
         MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}",
         MLFLOW_ARTIFACT_LOCATION=str(home / "mlflow-artifacts"),
         DD_TRAINING_BASE_MODEL=args.base_model,

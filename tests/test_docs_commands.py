@@ -173,7 +173,7 @@ def _instance(tmp_path: Path) -> dict[str, str]:
     return env | {
         "DAGSTER_HOME": str(home),
         "DD_STORAGE_ROOT": str(tmp_path / "var"),
-        "DD_WAREHOUSE_PATH": str(tmp_path / "var" / "warehouse" / "warehouse.duckdb"),
+        "DD_LAKEHOUSE_CATALOG": str(tmp_path / "var" / "warehouse" / "lakehouse.sqlite"),
         "DD_FEEDS_FILE": str(REPO / "feeds.yaml"),
         "PYTHONPATH": str(REPO),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

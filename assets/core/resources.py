@@ -16,17 +16,18 @@ from pydantic import PrivateAttr
 
 from assets.core.dbt import dbt_project
 from assets.core.feeds import FeedSpec, load_feeds
+from assets.core.lakehouse import Lakehouse, S3Access
 from assets.core.settings import (
     DEFAULT_ARTIFACT_LOCATION,
     DEFAULT_BASE_MODEL,
     DEFAULT_FEEDS_FILE,
+    DEFAULT_LAKEHOUSE_CATALOG,
     DEFAULT_MIN_NEW_MATURE_EPISODES,
     DEFAULT_STORAGE_ROOT,
     DEFAULT_TRACKING_URI,
     DEFAULT_TRAINING_LAUNCH,
     DEFAULT_TRAINING_PROFILE,
     DEFAULT_TRAINING_ROOT,
-    DEFAULT_WAREHOUSE_PATH,
     REPO_ROOT,
     settings_from_env,
 )
@@ -73,24 +74,64 @@ class FeedsResource(ConfigurableResource):
 
 
 class WarehouseResource(ConfigurableResource):
-    """The DuckDB warehouse dbt builds into. One writer at a time (pool ``duckdb_warehouse``)."""
+    """The lakehouse (assets/core/lakehouse.py) dbt builds into and every reader reads: a
+    DuckLake whose catalog is the SQLite file ``path`` (embedded default), or PostgreSQL when
+    ``catalog_dsn`` is set; table data under ``data_path`` (a folder or ``s3://…``; default
+    ``<path>.files``), reached with the same S3 settings as the storage's s3fs.
 
-    path: str = DEFAULT_WAREHOUSE_PATH
+    Readers run beside a writer (snapshots; the SQLite catalog in WAL mode); the dbt runs that
+    write it still run one at a time (pool ``duckdb_warehouse``, see deploy/README.md)."""
+
+    path: str = DEFAULT_LAKEHOUSE_CATALOG
+    catalog_dsn: str | None = None
+    data_path: str | None = None
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_region: str | None = None
+
+    def lakehouse(self) -> Lakehouse:
+        return Lakehouse(
+            catalog=self.path,
+            data_path=self.data_path,
+            catalog_dsn=self.catalog_dsn,
+            s3=S3Access(
+                endpoint_url=self.s3_endpoint_url,
+                key_id=self.aws_access_key_id,
+                secret=self.aws_secret_access_key,
+                region=self.aws_region,
+            ),
+        )
+
+    def dbt_env_vars(self) -> dict[str, str]:
+        """The settings dbt's plugin (assets/core/lakehouse_dbt.py) reads, as variables."""
+        lake = self.lakehouse()
+        names = {
+            "DD_LAKEHOUSE_CATALOG": self.path,
+            "DD_LAKEHOUSE_CATALOG_DSN": self.catalog_dsn,
+            "DD_LAKEHOUSE_DATA_PATH": lake.resolved_data_path(),
+            "AWS_ENDPOINT_URL": self.s3_endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
+            "AWS_REGION": self.aws_region,
+        }
+        return {name: value for name, value in names.items() if value}
 
     @contextlib.contextmanager
     def dbt_env(self) -> Iterator[None]:
-        """dbt's profile reads the path from DD_WAREHOUSE_PATH; dagster-dbt passes the process
-        environment to dbt, so the variable is set for the invocation and restored after."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        previous = os.environ.get("DD_WAREHOUSE_PATH")
-        os.environ["DD_WAREHOUSE_PATH"] = self.path
+        """dagster-dbt passes the process environment to dbt, so the lakehouse's settings are
+        set for the invocation and restored after."""
+        updates = self.dbt_env_vars()
+        previous = {name: os.environ.get(name) for name in updates}
+        os.environ.update(updates)
         try:
             yield
         finally:
-            if previous is None:
-                os.environ.pop("DD_WAREHOUSE_PATH", None)
-            else:
-                os.environ["DD_WAREHOUSE_PATH"] = previous
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class MlflowResource(ConfigurableResource):
@@ -196,6 +237,9 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
         secrets["aws_access_key_id"] = EnvVar("AWS_ACCESS_KEY_ID")
     if settings.aws_secret_access_key:
         secrets["aws_secret_access_key"] = EnvVar("AWS_SECRET_ACCESS_KEY")
+    lakehouse_secrets: dict[str, EnvVar] = {}
+    if settings.lakehouse_catalog_dsn:
+        lakehouse_secrets["catalog_dsn"] = EnvVar("DD_LAKEHOUSE_CATALOG_DSN")
     mlflow_secrets: dict[str, EnvVar] = {}
     if settings.mlflow_username:
         mlflow_secrets["username"] = EnvVar("MLFLOW_TRACKING_USERNAME")
@@ -206,7 +250,14 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
             root=settings.storage_root, s3_endpoint_url=settings.s3_endpoint_url, **secrets
         ),
         "feeds": FeedsResource(path=settings.feeds_file),
-        "warehouse": WarehouseResource(path=settings.warehouse_path),
+        "warehouse": WarehouseResource(
+            path=settings.lakehouse_catalog,
+            data_path=settings.lakehouse_data_path,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            aws_region=settings.aws_region,
+            **secrets,
+            **lakehouse_secrets,
+        ),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
         "mlflow": MlflowResource(
             tracking_uri=settings.mlflow_tracking_uri,

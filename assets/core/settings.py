@@ -8,9 +8,12 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 |---|---|---|
 | ``DD_STORAGE_ROOT`` | storage root: a folder, or ``s3://bucket/prefix`` | ``./var`` |
 | ``DD_FEEDS_FILE`` | the feeds file | ``./feeds.yaml`` |
-| ``DD_WAREHOUSE_PATH`` | the DuckDB warehouse file (always local: DuckDB cannot keep it on S3) | ``./var/warehouse/warehouse.duckdb`` |
-| ``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, …); unset for AWS | |
-| ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` | S3 keys (secrets: the resources pass them as ``EnvVar``) | |
+| ``DD_LAKEHOUSE_CATALOG`` | the lakehouse's DuckLake catalog as a local SQLite file (the embedded default; several local processes use it at once) | ``./var/warehouse/lakehouse.sqlite`` |
+| ``DD_LAKEHOUSE_CATALOG_DSN`` | the catalog in PostgreSQL instead (a libpq DSN, ``dbname=lake host=… user=… password=…``; a secret: the resources pass it as ``EnvVar``) | |
+| ``DD_LAKEHOUSE_DATA_PATH`` | where the lakehouse's tables keep their Parquet files (a folder or ``s3://…``) | ``<storage root>/lakehouse`` |
+| ``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, …) of s3fs and DuckDB; unset for AWS | |
+| ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` | S3 keys of s3fs and DuckDB (secrets: the resources pass them as ``EnvVar``) | |
+| ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` | S3 region of DuckDB's secret (s3fs is given none: see KNOWN_GOOD) | ``us-east-1`` |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking store (``sqlite:///…``, ``postgresql://…``, ``http://…``); kept local, never under the storage root | ``sqlite:///./var/mlflow/mlflow.db`` |
 | ``MLFLOW_REGISTRY_URI`` | model registry store, if not the tracking store | the tracking URI |
 | ``MLFLOW_ARTIFACT_LOCATION`` | artifact root of a newly created experiment | ``./var/mlflow/artifacts`` |
@@ -34,7 +37,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE_ROOT = str(REPO_ROOT / "var")
 DEFAULT_FEEDS_FILE = str(REPO_ROOT / "feeds.yaml")
-DEFAULT_WAREHOUSE_PATH = str(REPO_ROOT / "var" / "warehouse" / "warehouse.duckdb")
+DEFAULT_LAKEHOUSE_CATALOG = str(REPO_ROOT / "var" / "warehouse" / "lakehouse.sqlite")
+LAKEHOUSE_DATA_DIR = "lakehouse"  # the default data path, under the storage root
 DEFAULT_TRAINING_ROOT = str(REPO_ROOT / "var" / "training")
 DEFAULT_MLFLOW_DIR = REPO_ROOT / "var" / "mlflow"
 DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_MLFLOW_DIR / 'mlflow.db'}"
@@ -55,8 +59,11 @@ class Settings:
     s3_endpoint_url: str | None
     aws_access_key_id: str | None
     aws_secret_access_key: str | None
+    aws_region: str | None
     feeds_file: str
-    warehouse_path: str
+    lakehouse_catalog: str
+    lakehouse_catalog_dsn: str | None
+    lakehouse_data_path: str
     mlflow_tracking_uri: str
     mlflow_registry_uri: str | None
     mlflow_artifact_location: str
@@ -79,13 +86,19 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
 
     max_steps = get("DD_TRAINING_MAX_STEPS")
     min_new_mature = get("DD_RETRAIN_MIN_NEW_MATURE_EPISODES")
+    storage_root = get("DD_STORAGE_ROOT", DEFAULT_STORAGE_ROOT)
     return Settings(
-        storage_root=get("DD_STORAGE_ROOT", DEFAULT_STORAGE_ROOT),
+        storage_root=storage_root,
         s3_endpoint_url=get("AWS_ENDPOINT_URL"),
         aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+        aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION")),
         feeds_file=get("DD_FEEDS_FILE", DEFAULT_FEEDS_FILE),
-        warehouse_path=get("DD_WAREHOUSE_PATH", DEFAULT_WAREHOUSE_PATH),
+        lakehouse_catalog=get("DD_LAKEHOUSE_CATALOG", DEFAULT_LAKEHOUSE_CATALOG),
+        lakehouse_catalog_dsn=get("DD_LAKEHOUSE_CATALOG_DSN"),
+        lakehouse_data_path=get(
+            "DD_LAKEHOUSE_DATA_PATH", f"{storage_root.rstrip('/')}/{LAKEHOUSE_DATA_DIR}"
+        ),
         mlflow_tracking_uri=get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
         mlflow_registry_uri=get("MLFLOW_REGISTRY_URI"),
         mlflow_artifact_location=get("MLFLOW_ARTIFACT_LOCATION", DEFAULT_ARTIFACT_LOCATION),

@@ -20,7 +20,8 @@ MLflow layout, one run per stage in experiment ``decision-data``:
   file's URI, digest = its SHA-256 cut to MLflow's 36-character limit (the full one in the input
   tag ``sha256``)
 - tags: ``dagster.run_id``, ``dagster.asset_key``, ``episode_partitions.{count,first,last}``,
-  ``dbt.models_digest``, ``git.revision``, ``base_model``, ``stage``, ``lineage.sha256``
+  ``dbt.models_digest``, ``git.revision``, ``base_model``, ``stage``, ``lineage.sha256``,
+  ``lakehouse.snapshot`` (the snapshot the dataset export read)
 - artifacts: the checkpoint folder under ``checkpoint/`` (weights, tokenizer, training_config.json,
   lineage.json)
 - registry: a version of ``decision-data-<stage>`` whose source is ``<run artifact URI>/checkpoint``,
@@ -97,6 +98,8 @@ def lineage_tags(lineage: dict[str, Any], base_model: str, stage: str) -> dict[s
         "dbt.models_digest": models_digest(lineage.get("dbt_models", {})),
         "git.revision": str(dagster.get("code_revision") or ""),
         "dataset": str(lineage.get("dataset", {}).get("name", "")),
+        # The lakehouse snapshot the dataset was exported from (time travel reads it again).
+        "lakehouse.snapshot": str(lineage.get("dataset", {}).get("lakehouse_snapshot") or ""),
     }
 
 

@@ -5,7 +5,9 @@ records: the dataset files and their SHA-256 digests (the export's manifest), th
 episode partitions its rows come from, the dbt models upstream of it with their checksums
 (dbt's manifest), and the raw landed files (path, feed and content hash) whose rows built the
 episodes: every ``source_hashes`` / ``outcome_source_hashes`` entry of the dataset's rows is the
-SHA-256 of a landed file, resolved through the landing index.
+SHA-256 of a landed file, resolved through the landing index. The rows are read at the lakehouse
+snapshot the export read (``snapshot_id`` of its manifest, ``AT (VERSION => n)``), so the chain
+describes the files even after newer data landed; ``dataset.lakehouse_snapshot`` names it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def upstream_models(manifest: dict[str, Any], model: str) -> dict[str, dict[str,
     return dict(sorted(seen.items()))
 
 
+def at_snapshot(snapshot: int | None) -> str:
+    """The time-travel clause of a table read at ``snapshot`` (empty: the newest)."""
+    return "" if snapshot is None else f"AT (VERSION => {int(snapshot)})"
+
+
 def dataset_lineage(
     con: duckdb.DuckDBPyConnection,
     storage: Storage,
@@ -54,11 +61,13 @@ def dataset_lineage(
     """The lineage of the exported dataset ``name`` (sft, dpo or prm) as a JSON-able dict."""
     model = DATASET_MODELS[name]
     export = json.loads(storage.read_bytes(f"datasets/{name}/manifest.json"))
+    snapshot = export.get("snapshot_id")
+    at = at_snapshot(snapshot)
     used = {
         row[0]
         for row in con.execute(
             f"select distinct unnest(list_concat(source_hashes, outcome_source_hashes)) "
-            f"from {model}"
+            f"from {model} {at}"
         ).fetchall()
         if row[0] is not None
     }
@@ -66,7 +75,7 @@ def dataset_lineage(
         row[0]
         for row in con.execute(
             f"select distinct strftime(date_trunc('month', decision_ts at time zone 'UTC'), "
-            f"'%Y-%m-%d') as month from {model} order by month"
+            f"'%Y-%m-%d') as month from {model} {at} order by month"
         ).fetchall()
     ]
     landed = {f.sha256: f for f in scan_landing(storage, feeds)}
@@ -81,6 +90,7 @@ def dataset_lineage(
             "name": name,
             "model": model,
             "built_by": export.get("built_by"),
+            "lakehouse_snapshot": snapshot,
             "split_validation_start": export.get("split_validation_start"),
             "split_test_start": export.get("split_test_start"),
             "files": export["splits"],

@@ -27,16 +27,12 @@ The functions take a DuckDB connection (tests call them directly); the Dagster d
 the end wrap them.
 """
 
-import contextlib
 import copy
 import functools
 import itertools
 import json
 import operator
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -54,6 +50,7 @@ from assets.core.automation import (
 )
 from assets.core.contracts import ContractResult
 from assets.core.dbt import project_vars
+from assets.core.lakehouse import current_snapshot, lakehouse_connection
 from assets.core.resources import StorageResource, WarehouseResource
 from assets.core.storage import Storage, file_sha256
 from assets.episodes.point_in_time_features import (
@@ -83,45 +80,6 @@ UTC_TS = pd.DatetimeTZDtype("us", "UTC")
 TEXT = pd.StringDtype("pyarrow")
 BOOL = pd.BooleanDtype()
 INT = pd.Int64Dtype()
-
-
-# ---------------------------------------------------------------- warehouse access
-
-
-# DuckDB lets one process write a database file or several read it, not both. Assets in the
-# duckdb_warehouse pool never overlap a dbt writer; readers outside it (training, evaluation)
-# wait for the writer's run to finish instead of failing on its lock.
-LOCK_WAIT_SECONDS = 1800.0
-
-
-def connect_read_only(
-    path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS
-) -> duckdb.DuckDBPyConnection:
-    """A read-only connection, retried with backoff while another process holds the lock."""
-    deadline = time.monotonic() + wait_seconds
-    delay = 0.5
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-
-
-@contextlib.contextmanager
-def warehouse_connection(
-    path: str | Path, wait_seconds: float = LOCK_WAIT_SECONDS
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the warehouse file, in UTC (waits out a writer's lock)."""
-    con = connect_read_only(path, wait_seconds)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
-        yield con
-    finally:
-        con.close()
 
 
 def _pandas_type(arrow_type: pyarrow.DataType) -> Any:
@@ -690,16 +648,24 @@ def dataset_path(name: str, split: str) -> str:
     return f"datasets/{name}/{split}.parquet"
 
 
-def export_dataset(con: duckdb.DuckDBPyConnection, storage: Storage, name: str) -> dict[str, Any]:
+def export_dataset(
+    con: duckdb.DuckDBPyConnection, storage: Storage, name: str, snapshot: int | None = None
+) -> dict[str, Any]:
     """Write each non-empty split of ``ds_<name>`` to ``datasets/<name>/<split>.parquet`` (one
     atomic commit per file; a split that became empty loses its old file) and a manifest.
-    Returns the manifest: per split its path, URI, rows and SHA-256."""
+
+    Every query reads the lakehouse as of one snapshot (``AT (VERSION => n)``): ``snapshot``,
+    else the newest when the export starts, so a dbt run committing meanwhile changes nothing
+    here. Returns the manifest: the snapshot (``snapshot_id``), per split its path, URI, rows
+    and SHA-256; exporting again from the same snapshot gives the same bytes."""
     model = DATASETS[name]
+    snapshot = current_snapshot(con) if snapshot is None else int(snapshot)
+    at = f"AT (VERSION => {snapshot})"
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         rel = dataset_path(name, split)
         table = con.execute(
-            f"select * from {model} where split = ? order by {EXPORT_ORDER[name]}", [split]
+            f"select * from {model} {at} where split = ? order by {EXPORT_ORDER[name]}", [split]
         ).to_arrow_table()
         if table.num_rows == 0:
             storage.delete(rel)
@@ -717,11 +683,12 @@ def export_dataset(con: duckdb.DuckDBPyConnection, storage: Storage, name: str) 
         }
     built_by, validation_start, test_start = con.execute(
         "select any_value(built_by), any_value(split_validation_start),"
-        " any_value(split_test_start) from fct_decision_episodes"
+        f" any_value(split_test_start) from fct_decision_episodes {at}"
     ).fetchone()
     manifest = {
         "dataset": name,
         "model": model,
+        "snapshot_id": snapshot,
         "built_by": built_by,
         "split_validation_start": validation_start.isoformat() if validation_start else None,
         "split_test_start": test_start.isoformat() if test_start else None,
@@ -767,14 +734,13 @@ def _contract_check(model: str) -> dg.AssetChecksDefinition:
         asset=dg.AssetKey(model),
         name="contract",
         blocking=True,
-        pool="duckdb_warehouse",
         description=(
             f"pandera contract of {model}, each row checked against its episode in "
             "fct_decision_episodes (types, ranges, alignment, split and embargo order)."
         ),
     )
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse_connection(warehouse.path) as con:
+        with lakehouse_connection(warehouse.lakehouse()) as con:
             result = validate_model(con, model)
         return dg.AssetCheckResult(
             passed=result.passed, metadata={"rows": result.rows, **result.metadata()}
@@ -787,14 +753,13 @@ def _contract_check(model: str) -> dg.AssetChecksDefinition:
     asset=dg.AssetKey("fct_decision_episodes"),
     name="point_in_time",
     blocking=True,
-    pool="duckdb_warehouse",
     description=(
         f"Leakage: {LEAKAGE_SAMPLE} seeded episodes' features recomputed from int_bars truncated "
         "at their decision time (assets.episodes.point_in_time_features); any difference fails."
     ),
 )
 def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse_connection(warehouse.path) as con:
+    with lakehouse_connection(warehouse.lakehouse()) as con:
         sample, mismatches = point_in_time_leaks(con)
     return dg.AssetCheckResult(
         passed=mismatches.empty,
@@ -813,14 +778,13 @@ def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     asset=dg.AssetKey("fct_step_labels"),
     name="expert_agreement",
     blocking=False,
-    pool="duckdb_warehouse",
     description=(
         "Expert-agreement report: steps rated by experts and the share whose expert hard label "
         f"equals the automatic one, per kind; warns below {EXPERT_AGREEMENT_MIN:.0%}."
     ),
 )
 def expert_agreement_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse_connection(warehouse.path) as con:
+    with lakehouse_connection(warehouse.lakehouse()) as con:
         report = expert_agreement(con)
     rate = report["agreement"]
     return dg.AssetCheckResult(
@@ -846,26 +810,29 @@ def _dataset_files_asset(name: str, condition: dg.AutomationCondition) -> dg.Ass
         owners=OWNERS,
         kinds={"parquet"},
         tags=dict([UNPARTITIONED_TAG]),
-        pool="duckdb_warehouse",
         automation_condition=condition,
         description=(
             f"{model} exported as Parquet, one file per split: datasets/{name}/<split>.parquet "
             "under the storage root (atomic writes), with a manifest.json of row counts and "
-            "SHA-256 digests."
+            "SHA-256 digests, read from one lakehouse snapshot (its id in the manifest and the "
+            "metadata)."
         ),
     )
     def _asset(
         context: dg.AssetExecutionContext, storage: StorageResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
-        with warehouse_connection(warehouse.path) as con:
+        lake = warehouse.lakehouse()
+        with lakehouse_connection(lake) as con:
             manifest = export_dataset(con, storage.get(), name)
         splits = manifest["splits"]
         context.log.info(
-            f"{model}: " + ", ".join(f"{s} {v['rows']} rows" for s, v in splits.items())
+            f"{model} at lakehouse snapshot {manifest['snapshot_id']}: "
+            + ", ".join(f"{s} {v['rows']} rows" for s, v in splits.items())
         )
         metadata: dict[str, Any] = {
             "rows": sum(v["rows"] for v in splits.values()),
-            "warehouse": warehouse.path,
+            "lakehouse": lake.describe(),
+            "lakehouse_snapshot": manifest["snapshot_id"],
             "storage_root": storage.get().root,
             "data_files": dg.MetadataValue.json({s: v["uri"] for s, v in splits.items()}),
             "built_by": manifest["built_by"] or "",

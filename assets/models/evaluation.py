@@ -37,6 +37,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from assets.core.lakehouse import Lakehouse, lakehouse_connection
 from assets.core.materializations import latest_metadata, plain_metadata
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.core.training_run import finite_metrics
@@ -270,27 +271,16 @@ def read_dataset_split(storage: Any, name: str, split: str = "test") -> pd.DataF
 
 
 def _read_warehouse(
-    warehouse_path: str | Path, read: Callable[[Any], pd.DataFrame]
+    where: Lakehouse | str | Path, read: Callable[[Any], pd.DataFrame]
 ) -> pd.DataFrame:
-    """``read(con)`` on a read-only connection; a warehouse locked by a writer is retried for up
-    to a minute."""
-    import duckdb
-
-    from assets.episodes.datasets import warehouse_connection
-
-    deadline = time.monotonic() + 60.0
-    while True:
-        try:
-            with warehouse_connection(warehouse_path) as con:
-                return read(con)
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
+    """``read(con)`` on a read-only lakehouse connection (a dbt run writing meanwhile does not
+    block it: readers read a committed snapshot)."""
+    with lakehouse_connection(where) as con:
+        return read(con)
 
 
 def read_episodes(
-    warehouse_path: str | Path, splits: Sequence[str] = EVALUATED_SPLITS
+    where: Lakehouse | str | Path, splits: Sequence[str] = EVALUATED_SPLITS
 ) -> pd.DataFrame:
     """The rows of fct_decision_episodes in ``splits`` (the columns of :data:`EPISODE_COLUMNS`
     that exist), read-only: the test split is evaluated, train and validation fit the
@@ -311,10 +301,10 @@ def read_episodes(
             list(splits),
         ).df()
 
-    return _read_warehouse(warehouse_path, read)
+    return _read_warehouse(where, read)
 
 
-def read_step_info(warehouse_path: str | Path, trace_ids: Sequence[str]) -> pd.DataFrame:
+def read_step_info(where: Lakehouse | str | Path, trace_ids: Sequence[str]) -> pd.DataFrame:
     """trace_id, step_index, kind, verified of fct_step_labels for the given traces (empty
     when the warehouse has no such table)."""
     wanted = pd.DataFrame({"trace_id": [str(t) for t in trace_ids]}).drop_duplicates()
@@ -332,7 +322,7 @@ def read_step_info(warehouse_path: str | Path, trace_ids: Sequence[str]) -> pd.D
             " inner join wanted_traces w on s.trace_id = w.trace_id"
         ).df()
 
-    return _read_warehouse(warehouse_path, read)
+    return _read_warehouse(where, read)
 
 
 def _metadata_value(value: Any) -> Any:
@@ -475,7 +465,7 @@ def model_evaluation(
     tracker = mlflow.tracker()
     dpo = _model_info(context.instance, "dpo_model")
     prm = _model_info(context.instance, "prm_model")
-    episodes = read_episodes(warehouse.path)
+    episodes = read_episodes(warehouse.lakehouse())
     pairs = read_dataset_split(store, "dpo")
     traces = read_dataset_split(store, "prm")
     train_traces = read_dataset_split(store, "prm", "train")
@@ -486,7 +476,7 @@ def model_evaluation(
         ids = list(traces["trace_id"])
         if train_traces is not None and "trace_id" in train_traces.columns:
             ids += list(train_traces["trace_id"])
-        step_info = read_step_info(warehouse.path, ids)
+        step_info = read_step_info(warehouse.lakehouse(), ids)
 
     import tempfile
 

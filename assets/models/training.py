@@ -34,6 +34,7 @@ import dagster as dg
 
 from assets.core.automation import RETRAIN_REASON_TAG
 from assets.core.dbt import dbt_project
+from assets.core.lakehouse import lakehouse_connection
 from assets.core.materializations import latest_metadata
 from assets.core.resources import (
     REPO_ROOT,
@@ -45,8 +46,8 @@ from assets.core.resources import (
 )
 from assets.core.storage import file_sha256
 from assets.core.training_run import materialization_metadata, run_stage
-from assets.episodes.dataset_lineage import DATASET_MODELS, dataset_lineage
-from assets.episodes.datasets import dataset_path, warehouse_connection
+from assets.episodes.dataset_lineage import DATASET_MODELS, at_snapshot, dataset_lineage
+from assets.episodes.datasets import dataset_path
 from training.checkpoint import code_digest as training_code_version
 
 OWNERS = ["team:ml"]
@@ -148,10 +149,12 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         launch = training.validate_launch()
         store = storage.get()
-        with warehouse_connection(warehouse.path) as con:
+        # The rows behind the files: read at the lakehouse snapshot the export read.
+        with lakehouse_connection(warehouse.lakehouse()) as con:
             lineage = dataset_lineage(con, store, feeds.load(), stage, dbt_project.manifest_path)
             (data_until,) = con.execute(
                 f"select max(decision_ts) from {DATASET_MODELS[stage]}"
+                f" {at_snapshot(lineage['dataset']['lakehouse_snapshot'])}"
             ).fetchone()
         upstream_run = latest_metadata(context.instance, upstream).get("dagster_run_id", "")
         lineage["dagster"] = {

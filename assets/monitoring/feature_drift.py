@@ -34,9 +34,9 @@ import pandas as pd
 from pydantic import Field
 
 from assets.core.automation import follow_upstream_unpartitioned
+from assets.core.lakehouse import lakehouse_connection
 from assets.core.materializations import latest_metadata
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
-from assets.episodes.datasets import warehouse_connection
 from assets.episodes.point_in_time_features import FEATURE_COLUMNS
 from assets.monitoring.drift_stats import (
     DriftPolicy,
@@ -301,7 +301,6 @@ def champion_reference(instance: dg.DagsterInstance) -> tuple[str | None, str | 
         dg.AssetKey("fct_decision_episodes"),
         CHAMPION_KEY,
     ],
-    pool="duckdb_warehouse",
     tags={"partitioning": "none"},
     automation_condition=follow_upstream_unpartitioned(),
     code_version="1",
@@ -316,7 +315,7 @@ def feature_drift(
     context: dg.AssetExecutionContext, config: DriftConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     snapshot_until, data_until, reference_id = champion_reference(context.instance)
-    with warehouse_connection(warehouse.path) as con:
+    with lakehouse_connection(warehouse.lakehouse()) as con:
         window, info = measure_drift(con, snapshot_until, config, data_until)
     previous_meta = latest_metadata(context.instance, DRIFT_KEY)
     previous = previous_meta.get("drift_state") or {}
@@ -408,7 +407,6 @@ def recent_mature_points(con, since: str, max_points: int) -> pd.DataFrame:
     owners=OWNERS,
     kinds={"pytorch", "mlflow"},
     deps=[dg.AssetKey("fct_decision_episodes"), CHAMPION_KEY],
-    pool="duckdb_warehouse",
     tags={"partitioning": "none"},
     automation_condition=follow_upstream_unpartitioned(),
     code_version="1",
@@ -440,7 +438,7 @@ def champion_performance(
     if not name:
         return dg.MaterializeResult(metadata={"skipped_reason": "no champion yet"})
     since = str(champion.get("data_until") or champion.get("snapshot_until") or "")
-    with warehouse_connection(warehouse.path) as con:
+    with lakehouse_connection(warehouse.lakehouse()) as con:
         points = recent_mature_points(con, since, config.max_points)
     tracker = mlflow.tracker()
     version = champion_version(tracker.client, name)

@@ -149,11 +149,14 @@ def test_compose_stack_shape() -> None:
         assert {f"DAGSTER_PG_{k}" for k in ("HOST", "PORT", "USER", "PASSWORD", "DB")} <= set(env)
         assert env["DD_STORAGE_ROOT"].startswith("s3://")
         assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        # the lakehouse catalog is a database of the compose Postgres, created at init
+        assert env["DD_LAKEHOUSE_CATALOG_DSN"].startswith("dbname=lakehouse host=postgres ")
         assert env["DAGSTER_CODE_SERVER_HOST"] == "code-server"
     mlflow_cmd = " ".join(services["mlflow"]["command"])
     assert "postgresql+psycopg2://" in mlflow_cmd and "s3://mlflow" in mlflow_cmd
     for src in ("./dagster.yaml", "./workspace.grpc.yaml", "./postgres-init.sql"):
         assert (DEPLOY / src).exists(), src
+    assert "CREATE DATABASE lakehouse;" in (DEPLOY / "postgres-init.sql").read_text()
 
 
 def test_dockerfile_steps_in_order() -> None:
@@ -180,6 +183,7 @@ def test_helm_values_shape() -> None:
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["DD_STORAGE_ROOT"].startswith("s3://") and "AWS_ENDPOINT_URL" in env
     assert deployment["envSecrets"]
+    assert {"name": "decision-data-lakehouse"} in deployment["envSecrets"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["postgresql"]["enabled"] is False
     assert values["global"]["postgresqlSecretName"]

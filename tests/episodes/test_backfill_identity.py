@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import duckdb
 import pytest
 from helpers import dbt
 from helpers.bars import (
@@ -23,6 +22,8 @@ from helpers.bars import (
     write_raw_bars,
     write_raw_decisions,
 )
+
+from assets.core.lakehouse import connect
 
 TABLES = [
     "int_bars",
@@ -47,7 +48,7 @@ def month_windows(first: date, last: date) -> list[tuple[date, date]]:
 
 
 def digests(path) -> dict[str, tuple[int, str]]:
-    con = duckdb.connect(str(path), read_only=True)
+    con = connect(path)
     try:
         return {
             table: con.execute(

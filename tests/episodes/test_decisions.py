@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import dbt
 from helpers.bars import write_raw_bars
 
+from assets.core.lakehouse import lakehouse_connection
 from assets.episodes.reference_policies import (
     ACTIONS,
     HINDSIGHT_TERMS,
@@ -375,14 +375,11 @@ def test_constructed_inputs_through_sql_and_oracle(built: dict) -> None:
     points["volume_z_20"] = points["volume_z_20"].astype(float)
     compiled_path = built["target"] / "compiled" / "decision_data" / "models"
     compiled = (compiled_path / "intermediate" / "int_decisions.sql").read_text()
-    relation = '"wh"."main"."int_decision_points"'
+    relation = '"lake"."main"."int_decision_points"'
     assert relation in compiled
-    con = duckdb.connect()
-    con.execute("set TimeZone = 'UTC'")
-    con.execute(f"attach '{built['warehouse']}' as wh (read_only)")
-    con.register("constructed_points", points)
-    out = con.sql(compiled.replace(relation, "constructed_points")).df()
-    con.close()
+    with lakehouse_connection(built["warehouse"]) as con:
+        con.register("constructed_points", points)
+        out = con.sql(compiled.replace(relation, "constructed_points")).df()
     assert_matches_oracle(out, points.drop(columns="source_hashes"))
     got = out.set_index(["decision_point_id", "policy_id"])
     actions: dict[str, set[str]] = {}

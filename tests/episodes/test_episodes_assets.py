@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pandas as pd
 import pytest
 
 from assets.core.dbt import dbt_project
 from assets.core.feeds import load_feeds
+from assets.core.lakehouse import lakehouse_connection
 from assets.core.resources import (
     DbtCliResource,
     StorageResource,
@@ -66,7 +66,7 @@ def test_month_of_default_feed_builds_bars(local_storage, tmp_path):
 
     source = pd.read_csv(default_feed_file())
     expected = source[(source["Date"] >= "2004-09-01") & (source["Date"] <= "2004-09-30")]
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with lakehouse_connection(warehouse) as con:
         rows = con.execute("select symbol, count(*) from int_bars group by 1 order by 1").fetchall()
         closes = dict(
             con.execute(
@@ -97,7 +97,7 @@ def test_subset_run_refreshes_staging_views_for_its_window(local_storage, tmp_pa
             e.materialization.asset_key.to_user_string()
             for e in result.get_asset_materialization_events()
         } == {"int_bars"}
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    with lakehouse_connection(warehouse) as con:
         months = con.execute(
             "select strftime(bar_date, '%Y-%m') as m, count(*) from int_bars group by 1 order by 1"
         ).fetchall()

@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import shutil
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -33,6 +31,7 @@ from helpers import dbt
 from helpers.bars import regime_bars, write_raw_bars, write_raw_table
 
 from assets.core.dbt import project_vars
+from assets.core.lakehouse import as_lakehouse, attach_sql, lakehouse_connection
 from assets.episodes import datasets
 from assets.episodes.reference_policies import HINDSIGHT_TERMS, load_policies, pct, signed, upct
 
@@ -56,12 +55,12 @@ def write_raw_feedback(root: Path, ratings: list[tuple[str, int, int, str, str]]
 
 
 def read(warehouse: Path, sql: str) -> pd.DataFrame:
-    with datasets.warehouse_connection(warehouse) as con:
+    with lakehouse_connection(warehouse) as con:
         return con.execute(sql).df()
 
 
 def arrow(warehouse: Path, sql: str) -> pa.Table:
-    with datasets.warehouse_connection(warehouse) as con:
+    with lakehouse_connection(warehouse) as con:
         return con.execute(sql).to_arrow_table()
 
 
@@ -116,19 +115,23 @@ def episodes(built: dict) -> pd.DataFrame:
 
 
 def copy_warehouse(built: dict, name: str) -> Path:
-    copy = built["work"] / f"{name}.duckdb"
-    shutil.copyfile(built["warehouse"], copy)
+    """A new lakehouse holding a copy of every table of the built one."""
+    copy = built["work"] / f"{name}.sqlite"
+    with lakehouse_connection(copy, read_only=False) as con:
+        con.execute(attach_sql(as_lakehouse(built["warehouse"]), read_only=True, alias="src"))
+        tables = con.execute(
+            "select table_name from information_schema.tables"
+            " where table_catalog = 'src' and table_type = 'BASE TABLE'"
+        ).fetchall()
+        for (table,) in tables:
+            con.execute(f"create table {table} as select * from src.{table}")
     return copy
 
 
 def mutate(path: Path, *statements: str) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("SET TimeZone = 'UTC'")
+    with lakehouse_connection(path, read_only=False) as con:
         for statement in statements:
             con.execute(statement)
-    finally:
-        con.close()
 
 
 # ---------------------------------------------------------------- the marts
@@ -138,7 +141,7 @@ def test_marts_hold_data_and_pass_their_contracts(built: dict) -> None:
     counts = {m: t.num_rows for m, t in built["first"].items()}
     assert counts["stg_feedback"] == 5
     assert all(counts[m] > 0 for m in MARTS), counts
-    with datasets.warehouse_connection(built["warehouse"]) as con:
+    with lakehouse_connection(built["warehouse"]) as con:
         for model in ("fct_decision_episodes", *datasets.DATASETS.values()):
             result = datasets.validate_model(con, model)
             assert result.passed, (model, result.failures_by_check, result.failure_sample)
@@ -366,7 +369,7 @@ def test_expert_ratings_override_the_automatic_labels(built: dict) -> None:
     assert list(prm["labels"][0][:2]) == [False, True]
     assert list(prm["label_sources"][0][:2]) == ["expert", "expert"]
     assert list(prm["soft_labels"][0][:2]) == [0.0, 0.75]
-    with datasets.warehouse_connection(built["warehouse"]) as con:
+    with lakehouse_connection(built["warehouse"]) as con:
         report = datasets.expert_agreement(con)
     assert report["n_rated"] == 2
     assert sum(v["n_rated"] for v in report["per_kind"].values()) == 2
@@ -442,7 +445,7 @@ def test_rebuild_is_identical(built: dict, episodes: pd.DataFrame) -> None:
 
 
 def _failed_checks(path: Path, model: str) -> set[str]:
-    with datasets.warehouse_connection(path) as con:
+    with lakehouse_connection(path) as con:
         result = datasets.validate_model(con, model)
     assert not result.passed
     return {c.split(":")[0] for c in result.failures_by_check}
@@ -508,7 +511,7 @@ def test_contracts_fail_on_seeded_bad_rows(built: dict) -> None:
 
 
 def test_leakage_check_catches_a_seeded_leak(built: dict) -> None:
-    with datasets.warehouse_connection(built["warehouse"]) as con:
+    with lakehouse_connection(built["warehouse"]) as con:
         sample = datasets.leakage_sample(con)
     target = sample.iloc[0]
     bars = built["bars"]
@@ -522,7 +525,7 @@ def test_leakage_check_catches_a_seeded_leak(built: dict) -> None:
         f"update fct_decision_episodes set ret_1 = {leaked!r} "
         f"where episode_id = '{target['episode_id']}'",
     )
-    with datasets.warehouse_connection(path) as con:
+    with lakehouse_connection(path) as con:
         again, leaks = datasets.point_in_time_leaks(con)
     assert (again["episode_id"] == sample["episode_id"]).all()  # the same seeded sample
     assert len(leaks) == 1

@@ -1,10 +1,11 @@
 """The one dbt harness of the tests: a plan of dbt invocations run in one subprocess.
 
 A plan is a list of steps; :func:`step` builds one. Each step invokes dbt (``dbtRunner``, so the
-plan pays dbt's start-up once) on its own warehouse file with its own vars, may first copy raw
-files into place and may afterwards export tables to Parquet (dbt-duckdb keeps its database open
-in the process, and a plain ``duckdb.connect`` shares it). Plans run in parallel when started
-with :func:`start_plan` and awaited with :func:`wait`.
+plan pays dbt's start-up once) on its own lakehouse with its own vars, may first copy raw files
+into place and may afterwards export tables to Parquet. A test's "warehouse" is a lakehouse
+given by the path of its SQLite catalog (its Parquet data beside it, ``<catalog>.files/``; see
+:func:`assets.core.lakehouse.as_lakehouse`). Plans run in parallel when started with
+:func:`start_plan` and awaited with :func:`wait`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
+
+from assets.core.lakehouse import lakehouse_connection
 
 DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
 
 _RUNNER = """
 import json, os, shutil, sys, time
-import duckdb
 from dbt.cli.main import dbtRunner
+from assets.core.lakehouse import lakehouse_connection
 
 plan = json.loads(open(sys.argv[1]).read())
 for step in plan["steps"]:
     for source, target in step["copy"]:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(source, target)
-    os.environ["DD_WAREHOUSE_PATH"] = step["warehouse"]
+    os.environ["DD_LAKEHOUSE_CATALOG"] = step["warehouse"]
+    os.environ["DD_LAKEHOUSE_DATA_PATH"] = step["warehouse"] + ".files"
     started = time.perf_counter()
     result = dbtRunner().invoke([
         *step["args"], "--quiet", "--no-use-colors",
@@ -43,9 +46,8 @@ for step in plan["steps"]:
     if not result.success:
         sys.exit(f"dbt {step['args']} {step['vars']} failed: {result.exception} {result.result}")
     for table, path in step["export"].items():
-        con = duckdb.connect(step["warehouse"])
-        con.execute(f"copy (select * from {table}) to '{path}' (format parquet)")
-        con.close()
+        with lakehouse_connection(step["warehouse"]) as con:
+            con.execute(f"copy (select * from {table}) to '{path}' (format parquet)")
     print(*step["args"], step["vars"], f"{time.perf_counter() - started:.1f}s", flush=True)
 """
 
@@ -145,10 +147,6 @@ def run(work: Path, warehouse: Path, root: Path, *args: str, **variables: Any) -
 
 
 def read(warehouse: Path | str, sql: str) -> pd.DataFrame:
-    """A query on a warehouse file, read-only, in UTC."""
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
+    """A query on a test's lakehouse (its catalog's path), read-only, in UTC."""
+    with lakehouse_connection(warehouse) as con:
         return con.execute(sql).df()
-    finally:
-        con.close()

@@ -13,12 +13,12 @@ import math
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
+from assets.core.lakehouse import lakehouse_connection
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.models import evaluation as ev
 from training import report, synthetic
@@ -242,8 +242,8 @@ def test_champion_moves_only_when_the_gate_passes(
     storage = StorageResource(root=str(tmp_path / "root"))
     store = storage.get()
     episodes = _all_splits()
-    warehouse = tmp_path / "warehouse.duckdb"
-    with duckdb.connect(str(warehouse)) as con:
+    warehouse = tmp_path / "lakehouse.sqlite"
+    with lakehouse_connection(warehouse, read_only=False) as con:
         con.register("frame", episodes)
         con.execute("create table fct_decision_episodes as select * from frame")
     for name, frame in (("dpo", synthetic.dpo_frame(40)), ("prm", synthetic.prm_frame(40))):

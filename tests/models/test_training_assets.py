@@ -282,6 +282,8 @@ def test_lineage_json_matches_exports_and_landing_index(trained: dict):
         record = json.loads(Path(meta["checkpoint_path"], "lineage.json").read_text())
         manifest = json.loads((work / "root" / "datasets" / stage / "manifest.json").read_text())
         assert record["dataset"]["files"] == manifest["splits"]
+        # The lakehouse snapshot the export read: the lineage's rows were read at it.
+        assert record["dataset"]["lakehouse_snapshot"] == manifest["snapshot_id"] > 0
         for split, sha in meta["dataset_digests"].items():
             assert manifest["splits"][split]["sha256"] == sha
         assert sorted(record["data_files"].values()) == sorted(meta["dataset_digests"].values())
@@ -354,6 +356,8 @@ def test_lineage_cli_on_the_checkpoint_and_the_registry(trained: dict, capsys):
     assert record["raw_files"][0]["sha256"] in done.stdout
     for sha in meta["dataset_digests"].values():
         assert sha in done.stdout
+    snapshot = record["dataset"]["lakehouse_snapshot"]
+    assert f"read at lakehouse snapshot {snapshot}" in done.stdout
     assert elapsed < 5  # measured well under 1 s on an idle machine (see the report)
 
     dpo = trained["metadata"]["dpo_model"]["checkpoint_path"]

@@ -11,11 +11,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
+from assets.core.lakehouse import lakehouse_connection
 from assets.core.resources import RetrainSettings, WarehouseResource
 from assets.monitoring.drift_stats import WindowResult, compare_windows
 from assets.monitoring.feature_drift import (
@@ -99,12 +99,11 @@ def market(n_per_symbol: int, shift_at: int | None, seed: int) -> tuple[pd.DataF
 
 
 def write_warehouse(path, points: pd.DataFrame, labels: pd.DataFrame) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("create or replace table int_decision_points as select * from points")
-        con.execute("create or replace table fct_decision_episodes as select * from labels")
-    finally:
-        con.close()
+    with lakehouse_connection(path, read_only=False) as con:
+        con.register("points_frame", points)
+        con.register("labels_frame", labels)
+        con.execute("create or replace table int_decision_points as select * from points_frame")
+        con.execute("create or replace table fct_decision_episodes as select * from labels_frame")
 
 
 def drift_config(**overrides) -> dict:
@@ -141,9 +140,9 @@ def report_champion(
 
 def test_no_shift_measures_but_does_not_trigger(tmp_path):
     points, labels = market(1500, shift_at=None, seed=1)
-    write_warehouse(tmp_path / "w.duckdb", points, labels)
+    write_warehouse(tmp_path / "lakehouse.sqlite", points, labels)
     instance = dg.DagsterInstance.ephemeral()
-    meta = materialize_drift(instance, tmp_path / "w.duckdb")
+    meta = materialize_drift(instance, tmp_path / "lakehouse.sqlite")
     assert meta["reference"] == "history"  # no champion yet
     assert meta["drift_triggered"] is False
     assert meta["n_current"] == 600.0
@@ -159,7 +158,7 @@ def test_shift_after_the_champion_snapshot_triggers_once_after_two_windows(tmp_p
     """Champion trained until minute 1000; the market shifts at minute 1200. Windows move
     forward as data arrives: drifted, drifted -> trigger; a third drifted window does not
     trigger again (hysteresis); re-materializing the same window changes nothing."""
-    warehouse = tmp_path / "w.duckdb"
+    warehouse = tmp_path / "lakehouse.sqlite"
     snapshot = (START + timedelta(minutes=1000)).isoformat()
     data_until = (START + timedelta(minutes=1100)).isoformat()
     instance = dg.DagsterInstance.ephemeral()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from assets.core.feeds import load_feeds
+from assets.core.lakehouse import connect
 from assets.core.storage import Storage
 from assets.ingestion.ingest import ingest_partitions, scan_landing
 from assets.ingestion.landing import default_feed_file, land_file
@@ -43,8 +43,8 @@ def test_desk_journal_decides_from_closes_before_it() -> None:
 
 
 def test_simulated_feedback_rates_existing_steps(tmp_path: Path) -> None:
-    warehouse = tmp_path / "w.duckdb"
-    con = duckdb.connect(str(warehouse))
+    warehouse = tmp_path / "lakehouse.sqlite"
+    con = connect(warehouse, read_only=False)
     con.execute(
         "create table fct_step_labels as select 'e' || (i // 5) as episode_id, "
         "'e' || (i // 5) as trace_id, i % 5 + 1 as step_index, 'inference' as kind, "

@@ -238,7 +238,7 @@ def instance_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env |= {
         "DAGSTER_HOME": str(home),
         "DD_STORAGE_ROOT": str(tmp / "var"),
-        "DD_WAREHOUSE_PATH": str(tmp / "warehouse.duckdb"),
+        "DD_LAKEHOUSE_CATALOG": str(tmp / "lakehouse.sqlite"),
         "PYTHONUNBUFFERED": "1",
     }
     bars = tmp / Path(LANDED_FILE).name
