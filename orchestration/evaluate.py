@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     resources = resources_from_env()
-    storage, warehouse = resources["storage"].get(), resources["warehouse"].path
+    storage, warehouse = resources["storage"].get(), resources["warehouse"].lakehouse()
     episodes = read_episodes(warehouse)
     pairs = read_dataset_split(storage, "dpo")
     traces = read_dataset_split(storage, "prm")
