@@ -287,9 +287,13 @@ class StageRun:
         base_model: str,
         metrics: dict[str, float],
         log_history: list[dict],
+        on_log: LogFn | None = None,
     ) -> TrainResult:
-        """For a stage trained without a Trainer (head mode, one process): save the model and
+        """For a stage trained without a Trainer (head mode, one process): report the log
+        history through ``on_log`` (as the Trainer's callback would), save the model and
         tokenizer into <output_dir>/final, then write the checkpoint's records."""
+        for entry in log_history if on_log is not None else []:
+            on_log(int(entry["step"]), {k: float(v) for k, v in entry.items() if k != "step"})
         folder = Path(self.cfg.train.output_dir) / "final"
         model.save_pretrained(str(folder), safe_serialization=True)
         tokenizer.save_pretrained(folder)

@@ -240,6 +240,9 @@ def sample_per_value(values: Sequence[str], limit: int | None, seed: int) -> np.
 def decisions_of(rows) -> list[str]:
     """The decision of each row: its 'action' column, else the completion's decision line."""
     if "action" in rows.column_names:
+        unknown = sorted({str(a) for a in rows["action"]} - set(ACTIONS))
+        if unknown:
+            raise ValueError(f"the 'action' column holds {unknown}: expected {ACTIONS}")
         return list(rows["action"])
     out = []
     for completion in rows["completion"]:

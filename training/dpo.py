@@ -52,7 +52,7 @@ def train_dpo(
     if cfg.method == "head":
         start = dataclasses.replace(cfg.model, name_or_path=cfg.start_model())
         model, tokenizer, metrics, history = decision_head.train_dpo_head(cfg, run, start)
-        return run.save_and_finish(model, tokenizer, cfg.start_model(), metrics, history)
+        return run.save_and_finish(model, tokenizer, cfg.start_model(), metrics, history, on_log)
     train_raw, eval_raw = run.train_rows, run.eval_rows
     pair_columns = ("chosen", "rejected")
     train_raw = data.first_lines(train_raw, pair_columns, cfg.completion_lines)

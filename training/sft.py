@@ -43,7 +43,9 @@ def train_sft(
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
     if cfg.method == "head":
         model, tokenizer, metrics, history = decision_head.train_sft_head(cfg, run)
-        return run.save_and_finish(model, tokenizer, cfg.model.name_or_path, metrics, history)
+        return run.save_and_finish(
+            model, tokenizer, cfg.model.name_or_path, metrics, history, on_log
+        )
     train_raw, eval_raw = run.train_rows, run.eval_rows
     if cfg.balance_actions:
         train_raw = data.balance(train_raw, "action", cfg.train.seed)

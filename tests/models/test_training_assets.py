@@ -310,9 +310,12 @@ def test_weights_moved_from_the_start(trained: dict):
         )
         for s in STAGES
     }
-    name = "model.layers.0.self_attn.q_proj.weight"
-    assert not ckpt["sft"][name].equal(base_weights[name])
-    assert not ckpt["dpo"][name].equal(ckpt["sft"][name])
+    # SFT and DPO train in head mode (the shipped CPU configs): the decision tokens' output rows
+    # move, the layers stay; the PRM trains its layers (LoRA, merged).
+    head, name = "lm_head.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert not ckpt["sft"][head].equal(base_weights[head])
+    assert not ckpt["dpo"][head].equal(ckpt["sft"][head])
+    assert ckpt["sft"][name].equal(base_weights[name])
     assert not ckpt["prm"][name].equal(base_weights[name])
 
 

@@ -16,6 +16,7 @@ from training import __main__ as cli
 from training import data, models, synthetic
 from training.checkpoint import load_checkpoint
 from training.config import ModelConfig, SFTStageConfig, load_config
+from training.decision_line import parse_decision_line
 
 TOP_Q = "model.layers.1.self_attn.q_proj.weight"
 LOW_Q = "model.layers.0.self_attn.q_proj.weight"
@@ -23,10 +24,15 @@ EMBED = "model.embed_tokens.weight"
 
 
 def decision_first(frame: pd.DataFrame) -> pd.DataFrame:
-    """Synthetic SFT rows made decision-first (as ds_sft is), with their 'action' column."""
+    """Synthetic SFT rows, decision-first (as ds_sft is), with their 'action' column."""
     lines = frame["completion"].str.split("\n")
-    out = frame.assign(completion=lines.map(lambda ls: "\n".join([ls[-1], *ls[:-1]])))
-    return out.assign(action=lines.str[-1].str.split().str[0])
+    first = lines.map(lambda ls: next(i for i, line in enumerate(ls) if parse_decision_line(line)))
+    out = frame.assign(
+        completion=[
+            "\n".join([ls[i], *ls[:i], *ls[i + 1 :]]) for ls, i in zip(lines, first, strict=True)
+        ]
+    )
+    return out.assign(action=out["completion"].str.split().str[0])
 
 
 @pytest.fixture(scope="module")
