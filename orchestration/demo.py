@@ -245,7 +245,8 @@ def _train(instance: DagsterInstance) -> bool:
         }
         print(f"  {name}: {shown if meta else 'not built'}")
         if "baselines" in meta:
-            print(f"  baselines on the test split:\n{meta['baselines'].value}")
+            # latest_metadata gives plain values (the Markdown text itself).
+            print(f"  baselines on the test split:\n{meta['baselines']}")
     return True
 
 
