@@ -266,15 +266,19 @@ def stage_features(model, tokenizer, prompts: Sequence[str], rows: Sequence[int]
     )
 
 
+def picked(rows, column: str, index) -> list:
+    """``rows[column]`` at ``index``, reading the column once (a datasets.Dataset builds the
+    whole column on every ``rows[column]``)."""
+    values = rows[column]
+    return [values[i] for i in index]
+
+
 def _head_model(cfg, tokenizer_model_cfg):
     from training import models
 
     model, tokenizer = models.load_model(tokenizer_model_cfg, task="causal", seed=cfg.train.seed)
     untie_output_embeddings(model)
-    device = torch.device(
-        "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    )
-    return model.to(device), tokenizer
+    return model.to(cfg.resolved_device()), tokenizer
 
 
 def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
@@ -287,7 +291,7 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
     train = run.train_rows
     taken = decisions_of(train)
     keep = sample_per_value(taken, cfg.head.samples_per_action, cfg.train.seed)
-    prompts = [train["prompt"][i] for i in keep]
+    prompts = picked(train, "prompt", keep)
     actions = [taken[i] for i in keep]
     feats = stage_features(model, tokenizer, prompts, rows, cfg)
     start = model.get_output_embeddings().weight[rows].detach().float().cpu()
@@ -309,8 +313,9 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
     if run.eval_rows is not None:
         held = run.eval_rows
         keep = np.arange(min(len(held), cfg.head.eval_samples or len(held)))
-        targets = [decisions_of(held)[i] for i in keep]
-        eval_feats = stage_features(model, tokenizer, [held["prompt"][i] for i in keep], rows, cfg)
+        decided = decisions_of(held)
+        targets = [decided[i] for i in keep]
+        eval_feats = stage_features(model, tokenizer, picked(held, "prompt", keep), rows, cfg)
         metrics.update(
             {f"eval_{k}": v for k, v in choice_metrics(weights, eval_feats, targets).items()}
         )
@@ -323,9 +328,9 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
 def _pairs(rows, limit: int | None, seed: int):
     keep = sample_per_value(rows["chosen_action"], limit, seed)
     return (
-        [rows["prompt"][i] for i in keep],
-        [rows["chosen_action"][i] for i in keep],
-        [rows["rejected_action"][i] for i in keep],
+        picked(rows, "prompt", keep),
+        picked(rows, "chosen_action", keep),
+        picked(rows, "rejected_action", keep),
     )
 
 
@@ -377,9 +382,9 @@ def train_dpo_head(cfg, run, start_model_cfg) -> tuple[object, object, dict, lis
     if run.eval_rows is not None:
         held = run.eval_rows
         n = min(len(held), cfg.head.eval_samples or len(held))
-        p = [held["prompt"][i] for i in range(n)]
-        c = [held["chosen_action"][i] for i in range(n)]
-        r = [held["rejected_action"][i] for i in range(n)]
+        p, c, r = (
+            picked(held, name, range(n)) for name in ("prompt", "chosen_action", "rejected_action")
+        )
         eval_feats = stage_features(model, tokenizer, p, rows, cfg)
         metrics.update(
             {
