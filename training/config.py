@@ -561,6 +561,16 @@ class PRMStageConfig(_StageConfig):
         default_factory=LoRAConfig,
         metadata={"help": "LoRA section (off: full fine-tuning); the score head always trains."},
     )
+    method: str = _help(
+        "'trainer': the transformers Trainer (LoRA or full fine-tuning, per the lora section); "
+        "'head': the backbone frozen, only the score layer fitted on its hidden states at the "
+        "step separators (the CPU recipe; see the head section; head.samples_per_action caps "
+        "the traces per decision taken).",
+        default="trainer",
+    )
+    head: HeadConfig = field(
+        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
+    )
     label_mode: str = _help(
         "'hard': 2-class cross-entropy on the 'labels' column; 'soft': BCE of a 1-logit head "
         "against 'soft_labels' (probabilities in [0, 1]).",
@@ -600,6 +610,7 @@ class PRMStageConfig(_StageConfig):
             raise ValueError("faulty_step_index_base must be 0 or 1")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold must be in (0, 1)")
+        validate_method(self.method, self.head)
         return self
 
     def head_size(self) -> int:

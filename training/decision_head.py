@@ -62,6 +62,15 @@ def untie_output_embeddings(model) -> None:
         model.config.get_text_config().tie_word_embeddings = False
 
 
+def in_dtype(model, forward_dtype: str):
+    """``model`` itself when its weights are in ``forward_dtype``, else a converted copy (the
+    frozen backbone's forward runs in it; the model being trained stays as it is)."""
+    dtype = getattr(torch, forward_dtype)
+    if next(model.parameters()).dtype != dtype:
+        return copy.deepcopy(model).to(dtype)
+    return model
+
+
 @torch.no_grad()
 def decision_features(
     model,
@@ -77,9 +86,7 @@ def decision_features(
     ``forward_dtype`` (a converted copy of the model when it differs); the LM head's
     log-sum-exp is taken in float32."""
     head = model.get_output_embeddings().weight.detach().float()
-    dtype = getattr(torch, forward_dtype)
-    if next(model.parameters()).dtype != dtype:
-        model = copy.deepcopy(model).to(dtype)
+    model = in_dtype(model, forward_dtype)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -123,7 +130,9 @@ def _class_weights(labels: np.ndarray, balance: bool) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _fit(loss_fn, start: torch.Tensor, scale: torch.Tensor, steps: int, l2: float, log_every: int):
+def lbfgs_fit(
+    loss_fn, start: torch.Tensor, scale: torch.Tensor, steps: int, l2: float, log_every: int
+):
     """Full-batch L-BFGS on the action rows, with an L2 pull back to where the rows started.
 
     Solved in per-dimension scaled coordinates (weights * scale, scale = the hidden states'
@@ -174,7 +183,7 @@ def fit_sft_head(
         picked = _logp(weights, feats).gather(1, index[:, None]).squeeze(1)
         return -(weight * picked).sum()
 
-    return _fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
+    return lbfgs_fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
 
 
 def fit_dpo_head(
@@ -201,7 +210,7 @@ def fit_dpo_head(
         margin = (logp.gather(1, win) - logp.gather(1, lose)).squeeze(1)
         return -torch.nn.functional.logsigmoid(beta * (margin - ref_margin)).mean()
 
-    return _fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
+    return lbfgs_fit(loss, start, feats.hidden.std(0) + 1e-6, steps, l2, log_every)
 
 
 def choice_metrics(weights: torch.Tensor, feats: Features, actions: Sequence[str]) -> dict:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForTokenClassification, Trainer, TrainingArguments
 
-from training import common, data, models, scoring
+from training import common, data, models, prm_head, scoring
 from training.config import PRMStageConfig
 from training.metrics import step_metrics
 
@@ -158,6 +158,20 @@ def evaluate_prm(model: Any, tokenizer: Any, rows: Any, cfg: PRMStageConfig) -> 
 # ----------------------------------------------------------------------------------- training
 
 
+def describe_head(model: Any, cfg: PRMStageConfig) -> None:
+    """Separator, label mode and label names in the model's config: saved with the weights, so
+    that score_steps on a loaded checkpoint needs no stage config."""
+    model.config.prm_step_separator = cfg.step_separator
+    model.config.prm_label_mode = cfg.label_mode
+    if cfg.label_mode == "hard":
+        model.config.id2label, model.config.label2id = (
+            {0: "faulty", 1: "correct"},
+            {"faulty": 0, "correct": 1},
+        )
+    else:
+        model.config.id2label, model.config.label2id = {0: "p_correct"}, {"p_correct": 0}
+
+
 def train_prm(
     cfg: PRMStageConfig,
     lineage: dict[str, Any] | None = None,
@@ -169,6 +183,12 @@ def train_prm(
 ) -> common.TrainResult:
     """Train a PRM on ds_prm; return metrics (step AUC/F1/found rate) and the checkpoint folder."""
     run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
+    if cfg.method == "head":
+        model, tokenizer, metrics, history = prm_head.train_prm_head(cfg, run)
+        describe_head(model, cfg)
+        return run.save_and_finish(
+            model, tokenizer, cfg.model.name_or_path, metrics, history, on_log
+        )
     train_raw, eval_raw = run.train_rows, run.eval_rows
     args = common.trainer_arguments(
         cfg,
@@ -185,16 +205,7 @@ def train_prm(
         seed=cfg.train.seed,
         dtype=models.base_dtype(cfg.lora),
     )
-    # Saved with the weights, so that score_steps on a loaded checkpoint needs no config.
-    model.config.prm_step_separator = cfg.step_separator
-    model.config.prm_label_mode = cfg.label_mode
-    if cfg.label_mode == "hard":
-        model.config.id2label, model.config.label2id = (
-            {0: "faulty", 1: "correct"},
-            {"faulty": 0, "correct": 1},
-        )
-    else:
-        model.config.id2label, model.config.label2id = {0: "p_correct"}, {"p_correct": 0}
+    describe_head(model, cfg)
 
     if cfg.lora.enabled:
         from peft import get_peft_model

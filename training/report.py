@@ -35,7 +35,13 @@ import numpy as np
 import pandas as pd
 
 from training.backtest import backtest
-from training.baselines import STEP_COLUMNS, baselines_table, prm_baselines, table_markdown
+from training.baselines import (
+    STEP_COLUMNS,
+    baselines_table,
+    prior_probabilities,
+    prm_baselines,
+    table_markdown,
+)
 from training.decision_line import ACTIONS, parse_decision
 from training.metrics import (
     PROBABILITY_COLUMNS,
@@ -256,6 +262,56 @@ def prm_steps(traces: pd.DataFrame, step_info: pd.DataFrame | None = None) -> pd
     return steps
 
 
+PAIR_COLUMNS: tuple[str, ...] = ("name", "pairs", "accuracy", "delta", "ci_low", "ci_high")
+
+
+def decision_pair_table(
+    pairs: pd.DataFrame,
+    items: pd.DataFrame,
+    models: Mapping[str, pd.DataFrame],
+    *,
+    reference: str = "model",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How each model ranks the decisions of every preference pair whose prompt is an item.
+
+    A pair is won when the model gives its chosen action a higher probability than its
+    rejected one at the pair's prompt (the likelihood scorer's p(action): the decision tokens,
+    reference-free, so the same score for every model; a tie loses). The probabilities are the
+    ones the decision table scored, so the pairs cost no extra forward pass and all of them are
+    used. ``delta``: the reference's accuracy minus the row's, with the paired bootstrap's 95%
+    interval (``ci_low`` > 0: the reference ranks the pairs better beyond noise).
+
+    pairs: ``prompt``, ``chosen_action``, ``rejected_action``. models: name -> per-item
+    :data:`PROBABILITY_COLUMNS` in the items' order (a constant row, e.g. train-majority, too).
+    """
+    from training.promotion import paired_bootstrap
+
+    at = pd.Series(np.arange(len(items)), index=items["prompt"].to_numpy())
+    known = pairs[pairs["prompt"].isin(at.index)]
+    rows = at.loc[known["prompt"]].to_numpy()
+    chosen = known["chosen_action"].map(ACTIONS.index).to_numpy()
+    rejected = known["rejected_action"].map(ACTIONS.index).to_numpy()
+    won = {}
+    for name, probs in models.items():
+        values = probs[list(PROBABILITY_COLUMNS)].to_numpy(dtype=float)[rows]
+        picked = np.arange(len(rows))
+        won[name] = (values[picked, chosen] > values[picked, rejected]).astype(float)
+    table = []
+    for name, wins in won.items():
+        row = {
+            "name": name,
+            "pairs": len(wins),
+            "accuracy": float(wins.mean()) if len(wins) else math.nan,
+        }
+        if name != reference and reference in won and len(wins):
+            test = paired_bootstrap(won[reference], wins, n_resamples=n_resamples, seed=seed)
+            row.update(delta=test.mean_diff, ci_low=test.ci_low, ci_high=test.ci_high)
+        table.append(row)
+    return pd.DataFrame(table, columns=list(PAIR_COLUMNS))
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -281,12 +337,19 @@ class EvaluationReport:
     preference: PreferenceMetrics | None = field(default=None, repr=False)
     prm: PrmMetrics | None = field(default=None, repr=False)
     prm_baselines: pd.DataFrame | None = field(default=None, repr=False)
+    pair_table: pd.DataFrame | None = field(default=None, repr=False)
     digest: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self) -> str:
         """The baselines table, and the PRM table when there is one, as Markdown."""
         parts = ["Decisions (log p(target), Brier, accuracy):", table_markdown(self.baselines)]
+        if self.pair_table is not None and len(self.pair_table):
+            parts += [
+                "",
+                "Preference pairs (p(chosen action) > p(rejected action), every test pair):",
+                table_markdown(self.pair_table),
+            ]
         if self.prm_baselines is not None:
             parts += ["", "PRM steps (ROC AUC):", table_markdown(self.prm_baselines)]
         return "\n".join(parts)
@@ -314,6 +377,7 @@ def evaluate_callables(
     *,
     action_probs: ActionProbs,
     base_action_probs: ActionProbs | None = None,
+    reference_action_probs: ActionProbs | None = None,
     generate: Callable[[list[str]], list[str]] | None = None,
     max_new_tokens: int | None = None,
     logp: Callable[[list[str], list[str]], list[float]] | None = None,
@@ -332,6 +396,10 @@ def evaluate_callables(
     settings: Mapping[str, Any] | None = None,
 ) -> EvaluationReport:
     """Evaluate a decision model given as callables (module docstring).
+
+    reference_action_probs: the model it was trained from (a DPO model's SFT reference): a row
+        ``sft`` in the decision table and in the pair table, which every model ranks on all the
+        split's pairs from the same probabilities (:func:`decision_pair_table`).
 
     episodes: ``fct_decision_episodes`` rows of every split (train and validation rows fit the
         train-majority forecast and the probe; the ``split`` rows are the items).
@@ -357,6 +425,10 @@ def evaluate_callables(
         base = score_items(points, base_action_probs)
         models["base"] = base[list(PROBABILITY_COLUMNS)]
         metrics.update({f"base_{k}": v for k, v in choice_summary(base).items()})
+    if reference_action_probs is not None:
+        reference = score_items(points, reference_action_probs)
+        models["sft"] = reference[list(PROBABILITY_COLUMNS)]
+        metrics.update({f"sft_{k}": v for k, v in choice_summary(reference).items()})
     baselines = baselines_table(
         items,
         train=labelled_prompts(episodes, "train", target=target),
@@ -409,6 +481,16 @@ def evaluate_callables(
             for metric in BACKTEST_HEADLINE:
                 metrics[f"backtest_{row['strategy']}_{metric}"] = float(row[metric])
 
+    pair_table = None
+    if pairs is not None and {"chosen_action", "rejected_action"} <= set(pairs.columns):
+        train_targets = labelled_prompts(episodes, "train", target=target)["target"]
+        prior = prior_probabilities([t for t in train_targets if isinstance(t, str)])
+        majority = pd.DataFrame(np.tile(prior, (len(items), 1)), columns=list(PROBABILITY_COLUMNS))
+        pair_table = decision_pair_table(
+            on_split(pairs, split), items, {**models, "train-majority": majority}, seed=seed
+        )
+        metrics.update(_flat_table(pair_table, "pairs_", ("pairs", "accuracy", "delta", "ci_low")))
+
     preference = None
     if logp is not None and pairs is not None:
         rows = sample_rows(on_split(pairs, split), "prompt", max_pairs, seed).reset_index(drop=True)
@@ -450,6 +532,7 @@ def evaluate_callables(
         preference=preference,
         prm=prm,
         prm_baselines=prm_table,
+        pair_table=pair_table,
         digest=items_digest(points, settings),
         settings=run_settings,
     )
@@ -470,16 +553,22 @@ def system_prompt(config: Mapping[str, Any]) -> str | None:
 
 
 def probability_scorer(
-    model: Any, tokenizer: Any, config: Mapping[str, Any], *, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    config: Mapping[str, Any],
+    *,
+    batch_size: int = 8,
+    cache: Any = None,
 ) -> ActionProbs:
-    """The likelihood scorer of a loaded model as an ``action_probs`` callable."""
+    """The likelihood scorer of a loaded model as an ``action_probs`` callable (``cache``: a
+    ``training.scoring.BackboneStates`` shared with other models of the same backbone)."""
     from training import scoring
 
     system = system_prompt(config)
 
     def action_probs(prompts: list[str]) -> pd.DataFrame:
         return scoring.action_probabilities(
-            model, tokenizer, prompts, system=system, batch_size=batch_size
+            model, tokenizer, prompts, system=system, batch_size=batch_size, cache=cache
         )
 
     return action_probs
@@ -538,6 +627,9 @@ def evaluate_checkpoints(
     device = device or default_device()
     model, tokenizer, config = load_checkpoint(decision_checkpoint, device=device)
     system = system_prompt(config)
+    # Head-mode checkpoints share their backbone with their reference and the truncated base:
+    # one backbone pass serves all three likelihood scorers.
+    states = scoring.BackboneStates()
     if max_new_tokens is None:
         completions = episodes["completion"] if "completion" in episodes.columns else []
         max_new_tokens = scoring.generation_budget(tokenizer, list(completions))
@@ -578,9 +670,11 @@ def evaluate_checkpoints(
             base_name = f"unavailable ({base_name}: {error})"[:300]
         else:
             base.to(device).eval()
-            base_probs = probability_scorer(base, base_tokenizer, config, batch_size=batch_size)
+            base_probs = probability_scorer(
+                base, base_tokenizer, config, batch_size=batch_size, cache=states
+            )
 
-    ref_logp, beta = None, None
+    ref_logp, beta, ref_probs = None, None, None
     if use_reference:
         if reference_checkpoint is None:
             candidate = config.get("sft_checkpoint")
@@ -589,6 +683,9 @@ def evaluate_checkpoints(
         if reference_checkpoint is not None:
             ref_model, ref_tokenizer, _ = load_checkpoint(reference_checkpoint, device=device)
             beta = float(config.get("beta") or 0.1)
+            ref_probs = probability_scorer(
+                ref_model, ref_tokenizer, config, batch_size=batch_size, cache=states
+            )
 
             def ref_logp(prompts: list[str], completions: list[str]) -> list[float]:
                 return scoring.completion_logprobs(
@@ -618,8 +715,11 @@ def evaluate_checkpoints(
         episodes,
         pairs,
         traces,
-        action_probs=probability_scorer(model, tokenizer, config, batch_size=batch_size),
+        action_probs=probability_scorer(
+            model, tokenizer, config, batch_size=batch_size, cache=states
+        ),
         base_action_probs=base_probs,
+        reference_action_probs=ref_probs,
         generate=generate,
         max_new_tokens=max_new_tokens,
         logp=logp,

@@ -30,6 +30,7 @@ memory does not grow with vocabulary x prompt length.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -124,12 +125,7 @@ def completion_logprobs(
     out: list[float] = []
     try:
         for chunk in _batches(rows, batch_size):
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, (row, _) in enumerate(chunk):
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
+            ids, mask = padded([row for row, _ in chunk], tokenizer.pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
             with autocast_for(model):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -209,18 +205,101 @@ def action_token_ids(tokenizer: Any, system: str | None = None) -> dict[str, lis
     return out
 
 
+def padded(
+    rows: Sequence[Sequence[int]], pad_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of token rows padded to the longest, on the right (each row
+    starts at column 0) or on the left (each row ends at the last column)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row))
+        mask[i, span] = 1
+    return ids, mask
+
+
 def left_padded(
     rows: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids, attention mask, position ids) of token rows padded on the left, so that
     every row ends at the last column; positions count from each row's first real token."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(list(row))
-        mask[i, width - len(row) :] = 1
+    ids, mask = padded(rows, pad_id, left=True)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class BackboneStates:
+    """The decoder's final hidden states at the positions the scorer reads, per model backbone
+    and input row, so that models that share a backbone run it once.
+
+    Head-mode checkpoints (``training.decision_head``) differ from each other and from their
+    truncated base only in a few LM-head rows: an evaluation that scores the challenger, its SFT
+    reference and the base on the same prompts needs one backbone pass, not three. Keyed by a
+    SHA-256 of every backbone weight (exact: any other weight is another key), then the input
+    row. Only the scorer's last ``keep`` positions are held (a few KiB per prompt)."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, tuple[int, ...], int], torch.Tensor] = {}
+        self._digests: dict[int, tuple[tuple[int, ...], str]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def digest(self, model: torch.nn.Module) -> str:
+        backbone = model.get_decoder()
+        # Recomputed when a weight changed since (data_ptr and version of every tensor).
+        stamp = tuple(
+            v for p in backbone.parameters() for v in (p.data_ptr(), p._version, p.numel())
+        )
+        known = self._digests.get(id(backbone))
+        if known is not None and known[0] == stamp:
+            return known[1]
+        sha = hashlib.sha256()
+        for name, tensor in backbone.state_dict().items():
+            sha.update(name.encode())
+            sha.update(str(tensor.dtype).encode())
+            sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        self._digests[id(backbone)] = (stamp, sha.hexdigest())
+        return self._digests[id(backbone)][1]
+
+    def get(self, digest: str, row: Sequence[int], keep: int) -> torch.Tensor | None:
+        found = self._states.get((digest, tuple(row), keep))
+        self.hits += found is not None
+        return found
+
+    def put(self, digest: str, row: Sequence[int], keep: int, states: torch.Tensor) -> None:
+        self.misses += 1
+        self._states[(digest, tuple(row), keep)] = states
+
+
+def _final_states(
+    model: Any,
+    rows: list[list[int]],
+    keep: int,
+    pad_token_id: int,
+    cache: BackboneStates | None,
+) -> torch.Tensor:
+    """The decoder's final hidden states (after its norm) at the last ``keep`` positions of each
+    row: (rows, keep, d), from ``cache`` where it has them."""
+    digest = cache.digest(model) if cache is not None else ""
+    found = [cache.get(digest, row, keep) if cache is not None else None for row in rows]
+    missing = [i for i, states in enumerate(found) if states is None]
+    if missing:
+        device = next(model.parameters()).device
+        # Left padding: every row ends at the last column, so the last `keep` positions are the
+        # ones that predict the action tokens.
+        ids, mask, positions = left_padded([rows[i] for i in missing], pad_token_id)
+        with autocast_for(model):
+            hidden = model.get_decoder()(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+            ).last_hidden_state[:, -keep:]
+        for j, i in enumerate(missing):
+            found[i] = hidden[j]
+            if cache is not None:
+                cache.put(digest, rows[i], keep, hidden[j].detach())
+    return torch.stack(found)
 
 
 @torch.no_grad()
@@ -231,31 +310,26 @@ def action_logprobs(
     *,
     system: str | None = None,
     batch_size: int = 8,
+    cache: BackboneStates | None = None,
 ) -> np.ndarray:
     """log p(action word as the first tokens of the assistant turn | prompt), unnormalised:
-    shape (n prompts, 3), columns in ``ACTIONS`` order (module docstring)."""
+    shape (n prompts, 3), columns in ``ACTIONS`` order (module docstring). ``cache``: reuse the
+    backbone's states of a model scored before with the same backbone weights."""
     tokens = action_token_ids(tokenizer, system)
     prefixes = sorted({tuple(t[:-1]) for t in tokens.values()})
     keep = max(len(t) for t in tokens.values())  # last positions that predict action tokens
     heads = [prompt_ids(tokenizer, p, system) for p in prompts]
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
     out = np.empty((len(heads), len(ACTIONS)))
     try:
         for start in range(0, len(heads), batch_size):
             chunk = heads[start : start + batch_size]
-            rows = [head + list(prefix) for head in chunk for prefix in prefixes]
-            # Left padding: every row ends at the last column, so the last `keep` positions
-            # are the ones that predict the action tokens.
-            ids, mask, positions = left_padded(rows, tokenizer.pad_token_id)
+            rows = [head_ids + list(prefix) for head_ids in chunk for prefix in prefixes]
+            states = _final_states(model, rows, keep, tokenizer.pad_token_id, cache)
             with autocast_for(model):
-                logits = model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    logits_to_keep=keep,
-                ).logits.float()
+                logits = head(states.to(head.weight.device)).float()
             logp = torch.log_softmax(logits, dim=-1).cpu()
             for i in range(len(chunk)):
                 for j, action in enumerate(ACTIONS):
@@ -279,11 +353,14 @@ def action_probabilities(
     *,
     system: str | None = None,
     batch_size: int = 8,
+    cache: BackboneStates | None = None,
 ) -> pd.DataFrame:
     """The likelihood scorer: p(buy), p(sell), p(hold) per prompt (renormalised over the three),
     and ``action_mass``, the probability the model puts on the three action words before
     renormalising (how much of its first-token mass is a valid decision)."""
-    logp = action_logprobs(model, tokenizer, prompts, system=system, batch_size=batch_size)
+    logp = action_logprobs(
+        model, tokenizer, prompts, system=system, batch_size=batch_size, cache=cache
+    )
     mass = np.exp(logp).sum(axis=1) if len(logp) else np.empty(0)
     shifted = np.exp(logp - logp.max(axis=1, keepdims=True)) if len(logp) else logp
     probs = shifted / shifted.sum(axis=1, keepdims=True) if len(logp) else logp

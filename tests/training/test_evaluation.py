@@ -721,3 +721,28 @@ def test_gate_on_log_p_target_promotes_better_and_keeps_equal() -> None:
     assert gate_scores(briers, "brier")["dp000"] == pytest.approx(-briers["brier"][0])
     with pytest.raises(ValueError, match="gate score"):
         gate_scores(briers, "accuracy")
+
+
+def test_decision_pair_table_ranks_every_pair_from_the_scored_probabilities() -> None:
+    from training.report import decision_pair_table
+
+    items = pd.DataFrame({"prompt": ["a", "b", "c", "d"]})
+    # Pairs: chosen sell over buy at a, b, c; hold over buy at d; one pair off the items.
+    pairs = pd.DataFrame(
+        {
+            "prompt": ["a", "b", "c", "d", "zzz"],
+            "chosen_action": ["sell", "sell", "sell", "hold", "sell"],
+            "rejected_action": ["buy", "buy", "buy", "buy", "buy"],
+        }
+    )
+    columns = ["p_buy", "p_sell", "p_hold"]
+    right = pd.DataFrame([[0.2, 0.7, 0.1]] * 3 + [[0.2, 0.1, 0.7]], columns=columns)
+    wrong = pd.DataFrame([[0.7, 0.2, 0.1]] * 4, columns=columns)
+    tie = pd.DataFrame([[1 / 3] * 3] * 4, columns=columns)
+    table = decision_pair_table(pairs, items, {"model": right, "sft": wrong, "tie": tie})
+    got = table.set_index("name")
+    assert list(got["pairs"]) == [4, 4, 4]
+    assert got.loc["model", "accuracy"] == 1.0
+    assert got.loc["sft", "accuracy"] == 0.0 and got.loc["tie", "accuracy"] == 0.0
+    assert got.loc["sft", "delta"] == 1.0 and got.loc["sft", "ci_low"] == 1.0
+    assert np.isnan(got.loc["model", "delta"])

@@ -161,3 +161,28 @@ def test_generation_budget_fits_the_longest_completion(tiny) -> None:
     )
     assert 0.0 <= scores["decision_well_formed"] <= 1.0
     assert scores["decision_logp_target"] < 0
+
+
+def test_models_sharing_a_backbone_run_it_once(tiny) -> None:
+    """A model that differs only in its LM head (as head-mode checkpoints do) reuses the cached
+    backbone states and scores exactly as without the cache; other backbone weights miss."""
+    import copy
+
+    model, tokenizer = tiny
+    sell = scoring.action_token_ids(tokenizer, system="")["sell"][0]
+    cache = scoring.BackboneStates()
+    plain = scoring.action_logprobs(model, tokenizer, PROMPTS, system="", cache=cache)
+    assert (cache.hits, cache.misses) == (0, len(PROMPTS))
+    biased = preferring(model, sell, 6.0)
+    cached = scoring.action_logprobs(biased, tokenizer, PROMPTS, system="", cache=cache)
+    assert (cache.hits, cache.misses) == (len(PROMPTS), len(PROMPTS))
+    np.testing.assert_allclose(
+        cached, scoring.action_logprobs(biased, tokenizer, PROMPTS, system=""), atol=1e-5
+    )
+    assert (cached[:, ACTIONS.index("sell")] > plain[:, ACTIONS.index("sell")]).all()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.up_proj.weight.mul_(2.0)
+    again = scoring.action_logprobs(other, tokenizer, PROMPTS[:3], system="", cache=cache)
+    assert cache.misses == len(PROMPTS) + 3
+    assert not np.allclose(again, plain[:3])
