@@ -1,4 +1,4 @@
-"""Evaluate checkpoints on the warehouse's test split and print the baselines table, outside
+"""Evaluate checkpoints on the warehouse's test split and print the baselines tables, outside
 Dagster (``make train`` runs it after the recipe):
 
     python -m orchestration.evaluate --decision var/training/recipe/dpo/final \\
@@ -6,10 +6,13 @@ Dagster (``make train`` runs it after the recipe):
 
 The same evaluation as the ``model_evaluation`` asset (``training.report.evaluate_checkpoints``
 on every test decision point of fct_decision_episodes, the dataset exports' test pairs and
-traces), read from the storage root and warehouse of the environment. With ``--sft`` the SFT
-checkpoint is scored too, and the DPO-over-SFT comparison on the same pairs is printed. Exit
-status 1 when the decision model does not beat the untrained base and train-majority with a
-bootstrap lower bound above 0.
+traces), read from the storage root and warehouse of the environment. The SFT reference (``--sft``,
+default: the DPO checkpoint's ``sft_checkpoint``) is scored on the same items and ranks the same
+pairs. Exit status 1 unless, each with a bootstrap lower bound above 0:
+
+- the decision model's log p(target) beats the untrained base and train-majority;
+- with an SFT reference, the decision model ranks more test pairs right than SFT does;
+- with a PRM, its step AUC beats the kind-only baseline (traces resampled).
 """
 
 from __future__ import annotations
@@ -33,11 +36,23 @@ def beats(table, names=MUST_BEAT) -> dict[str, bool]:
     return {name: name in rows and float(rows[name]["delta_ci_low"]) > 0 for name in names}
 
 
+def verdict(report) -> dict[str, bool]:
+    """Every claim the recipe makes, each True only with a bootstrap lower bound above 0."""
+    out = {f"decision log p(target) > {name}": ok for name, ok in beats(report.baselines).items()}
+    if report.pair_table is not None and "sft" in set(report.pair_table["name"]):
+        out["pair ranking > sft"] = beats(report.pair_table, ("sft",))["sft"]
+    if report.prm_baselines is not None:
+        out["prm step AUC > kind-only"] = beats(report.prm_baselines, ("kind-only",))["kind-only"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decision", required=True, help="DPO (or SFT) checkpoint folder")
     parser.add_argument("--prm", help="PRM checkpoint folder")
-    parser.add_argument("--sft", help="SFT checkpoint folder, scored on the same items")
+    parser.add_argument(
+        "--sft", help="the SFT reference (default: the decision checkpoint's sft_checkpoint)"
+    )
     parser.add_argument("--max-pairs", type=int, default=None, help="test pairs (default: all)")
     parser.add_argument("--max-traces", type=int, default=200, help="test traces for the PRM")
     parser.add_argument("--max-format-prompts", type=int, default=16)
@@ -59,20 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         "max_pairs": args.max_pairs,
         "max_traces": args.max_traces,
     }
-    report = evaluate_checkpoints(args.decision, args.prm, episodes, pairs, traces, **common)
+    report = evaluate_checkpoints(
+        args.decision, args.prm, episodes, pairs, traces, reference_checkpoint=args.sft, **common
+    )
     print(f"decision model: {args.decision}")
     print(report.markdown())
-    if args.sft:
-        sft = evaluate_checkpoints(args.sft, None, episodes, pairs, None, **common)
-        shown = ("decision_accuracy", "decision_logp_target", "preference_accuracy")
-        print("\nSFT vs the decision model on the same items:")
-        for key in shown:
-            print(f"  {key}: sft {sft.metrics.get(key)}  decision {report.metrics.get(key)}")
-    verdict = beats(report.baselines)
-    print("\nsignificantly above (log p(target), paired bootstrap lower bound > 0):")
-    for name, ok in verdict.items():
+    claims = verdict(report)
+    print("\nsignificantly above (paired bootstrap lower bound > 0):")
+    for name, ok in claims.items():
         print(f"  {name}: {'yes' if ok else 'NO'}")
-    return 0 if verdict and all(verdict.values()) else 1
+    return 0 if claims and all(claims.values()) else 1
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from training.metrics import (
     PROBABILITY_COLUMNS,
     choice_scores,
     choice_summary,
+    roc_auc,
     step_kind_metrics,
 )
 from training.promotion import paired_bootstrap
@@ -436,16 +437,47 @@ def _tri(value: Any) -> str:
     return "true" if bool(value) else "false"
 
 
+def auc_difference(
+    steps: pd.DataFrame,
+    reference: np.ndarray,
+    other: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(AUC of ``reference`` - AUC of ``other``, 95% interval) over ``steps``, by a paired
+    bootstrap that resamples whole traces (the steps of a trace are not independent)."""
+    label = steps["label"].astype(bool).to_numpy()
+    codes, traces = pd.factorize(steps["trace_id"])
+    members = [np.flatnonzero(codes == t) for t in range(len(traces))]
+    point = roc_auc(label, reference) - roc_auc(label, other)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        rows = np.concatenate([members[t] for t in rng.integers(0, len(members), len(members))])
+        diff = roc_auc(label[rows], reference[rows]) - roc_auc(label[rows], other[rows])
+        if not math.isnan(diff):
+            diffs.append(diff)
+    if not diffs:
+        return point, math.nan, math.nan
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(point), float(low), float(high)
+
+
 def prm_baselines(
     train: pd.DataFrame,
     steps: pd.DataFrame,
     models: Mapping[str, Sequence[float]] | None = None,
+    reference: str | None = "prm",
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """PRM metrics per step kind and on perturbed traces (``training.metrics.step_kind_metrics``)
     of each model's step scores next to the kind-only and exact-check baselines.
 
     train, steps: step rows (:data:`STEP_COLUMNS`) of the train split and of the evaluated
-    split; models: name → one score per row of ``steps``. One row per scorer.
+    split; models: name → one score per row of ``steps``. One row per scorer; against the
+    ``reference`` model row, ``delta_auc`` (reference's AUC minus the row's) with its trace
+    bootstrap interval (``delta_ci_low`` > 0: the reference ranks steps better beyond noise).
     """
     scorers: dict[str, np.ndarray] = {
         name: np.asarray(values, dtype=float) for name, values in (models or {}).items()
@@ -457,7 +489,10 @@ def prm_baselines(
         if len(values) != len(steps):
             raise ValueError(f"{name!r} has {len(values)} scores for {len(steps)} steps")
         metrics = step_kind_metrics(steps.assign(score=values))
-        rows.append(
-            {"name": name, "kind": "model" if name in (models or {}) else "baseline", **metrics}
-        )
+        row = {"name": name, "kind": "model" if name in (models or {}) else "baseline", **metrics}
+        if reference in scorers and name != reference and len(steps):
+            row["delta_auc"], row["delta_ci_low"], row["delta_ci_high"] = auc_difference(
+                steps, scorers[reference], values, n_resamples, seed
+            )
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -190,10 +190,12 @@ class TrainingResource(ConfigurableResource):
         suffix = "_gpu" if self.profile == "gpu" else ""
         return TRAINING_CONFIGS / f"{stage}{suffix}.yaml"
 
-    def profile_overrides(self) -> list[str]:
-        """The profile's overrides, then max_steps (dotted k=v)."""
+    def profile_overrides(self, method: str = "trainer") -> list[str]:
+        """The profile's overrides, then max_steps (dotted k=v). cpu-small shortens trainer runs
+        only: head mode (``method: head``) takes no optimiser steps and must read whole traces;
+        its cost is set by the config's ``head.samples_per_action``."""
         out: list[str] = []
-        if self.profile == "cpu-small":
+        if self.profile == "cpu-small" and method == "trainer":
             out += [
                 f"train.max_length={self.cpu_small_max_length}",
                 f"train.max_steps={self.cpu_small_max_steps}",

@@ -580,6 +580,8 @@ def model_evaluation(
     )
     if report.prm_baselines is not None:
         metadata["prm_baselines"] = dg.MetadataValue.md(table_markdown(report.prm_baselines))
+    if report.pair_table is not None:
+        metadata["pair_ranking"] = dg.MetadataValue.md(table_markdown(report.pair_table))
     return dg.MaterializeResult(metadata=metadata)
 
 

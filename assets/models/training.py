@@ -109,7 +109,10 @@ def stage_config(
     """The resolved stage config (as a dict) for this run: profile, wiring, extra overrides."""
     from training.config import STAGES, load_config
 
-    cfg = load_config(stage, training.config_file(stage), training.profile_overrides())
+    extra = training.extra_overrides(stage)
+    # The profile depends on the method the run will use (the file's, or an extra override's).
+    method = getattr(load_config(stage, training.config_file(stage), extra), "method", "trainer")
+    cfg = load_config(stage, training.config_file(stage), training.profile_overrides(method))
     raw = cfg.to_dict()
     raw["data"]["files"] = list(files)
     raw["train"]["output_dir"] = output_dir
@@ -118,7 +121,7 @@ def stage_config(
         raw["model"]["name_or_path"] = ""
     else:
         raw["model"]["name_or_path"] = training.base_model
-    cfg = STAGES[stage].from_dict(raw).with_overrides(training.extra_overrides(stage))
+    cfg = STAGES[stage].from_dict(raw).with_overrides(extra)
     return cfg.validate().to_dict()
 
 

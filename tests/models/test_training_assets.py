@@ -203,7 +203,11 @@ def test_resources_from_env(tmp_path: Path):
     assert default["mlflow"].tracking_uri.endswith("var/mlflow/mlflow.db")
     assert default["training"].profile == "cpu-small"
     assert default["training"].base_model == "smollm2-135m-instruct"
-    small = stage_config("sft", default["training"], ["x.parquet"], "o")
+    # cpu-small shortens trainer runs; head mode (the shipped CPU configs) keeps its file's.
+    head = stage_config("prm", default["training"], ["x.parquet"], "o")
+    assert head["method"] == "head" and head["train"]["max_length"] == 768
+    trainer = default["training"].model_copy(update={"prm_overrides": {"method": "trainer"}})
+    small = stage_config("prm", trainer, ["x.parquet"], "o")
     assert small["train"]["max_length"] == 512 and small["train"]["max_steps"] == 10
 
 
@@ -310,13 +314,15 @@ def test_weights_moved_from_the_start(trained: dict):
         )
         for s in STAGES
     }
-    # SFT and DPO train in head mode (the shipped CPU configs): the decision tokens' output rows
-    # move, the layers stay; the PRM trains its layers (LoRA, merged).
+    # Every stage trains in head mode (the shipped CPU configs): the decision tokens' output rows
+    # move (SFT, then DPO), the PRM's score layer is fitted; the layers stay.
     head, name = "lm_head.weight", "model.layers.0.self_attn.q_proj.weight"
     assert not ckpt["sft"][head].equal(base_weights[head])
     assert not ckpt["dpo"][head].equal(ckpt["sft"][head])
     assert ckpt["sft"][name].equal(base_weights[name])
-    assert not ckpt["prm"][name].equal(base_weights[name])
+    assert ckpt["prm"][name].equal(base_weights[name])
+    untrained, _ = load_model(ModelConfig(name_or_path="tiny"), task="token", num_labels=2, seed=42)
+    assert not ckpt["prm"]["score.weight"].equal(untrained.state_dict()["score.weight"])
 
 
 def test_pipes_launch_gives_the_same_metadata_and_mlflow_content(trained: dict):

@@ -26,6 +26,7 @@ from training.baselines import (
     TABLE_COLUMNS,
     Probe,
     baselines_table,
+    kind_only_scores,
     prm_baselines,
     prompt_numbers,
     table_markdown,
@@ -699,6 +700,15 @@ def test_prm_baselines_per_kind() -> None:
     assert table.loc["oracle", "faulty_step_found"] > 0.8 > kind_only["faulty_step_found"]
     assert kind_only["faulty_step_chance"] == pytest.approx(1 / 3)
     assert table.loc["oracle", "n_observation"] == 100
+    # Against the reference row: the oracle beats kind-only beyond noise (trace bootstrap).
+    table = prm_baselines(train, test, {"prm": perfect}, n_resamples=200).set_index("name")
+    assert table.loc["kind-only", "delta_auc"] == pytest.approx(1.0 - kind_only["auc"])
+    assert table.loc["kind-only", "delta_ci_low"] > 0
+    # ... and a copy of kind-only does not.
+    same = kind_only_scores(train, test)
+    table = prm_baselines(train, test, {"prm": same}, n_resamples=200).set_index("name")
+    assert table.loc["kind-only", "delta_auc"] == 0.0
+    assert table.loc["kind-only", "delta_ci_low"] <= 0 <= table.loc["kind-only", "delta_ci_high"]
 
 
 # ---------------------------------------------------------------- the gate's score
