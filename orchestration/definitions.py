@@ -16,6 +16,7 @@ from assets.models.evaluation import evaluation_assets, evaluation_checks
 from assets.models.training import training_assets
 from assets.monitoring.feature_drift import monitoring_assets
 from orchestration.freshness import freshness_checks, freshness_sensor
+from orchestration.reaper import run_reaper
 from orchestration.retraining import retrain_sensor, train_models, weekly_retrain
 from orchestration.sensors import episodes_automation_sensor, landing_sensor
 
@@ -39,7 +40,13 @@ def build_definitions() -> dg.Definitions:
         asset_checks=[*dataset_checks, *evaluation_checks, *freshness_checks],
         jobs=[train_models],
         schedules=[weekly_retrain],
-        sensors=[landing_sensor, episodes_automation_sensor, retrain_sensor, freshness_sensor],
+        sensors=[
+            landing_sensor,
+            episodes_automation_sensor,
+            retrain_sensor,
+            freshness_sensor,
+            run_reaper,
+        ],
         resources=resources,
     )
 

@@ -1,9 +1,10 @@
 """A killed ingestion run frees its pool slot without manual steps, and a run cleans the staging
 folders of killed processes (issue 11).
 
-The kill is real: ``kill -9`` of the run worker and its step process under a real daemon on the
-embedded instance (deploy/dagster.local.yaml), in the middle of ingesting a day of a million
-trades, while the run holds the ``raw_trades_writer`` slot."""
+The kills are real, in the middle of ingesting a day of a million trades while the run holds the
+``raw_trades_writer`` slot on the embedded instance (deploy/dagster.local.yaml): ``kill -9`` of
+the run worker and its step process under a real daemon, and ``kill -9`` of a ``dagster asset
+materialize`` run, which executes in the CLI process (no daemon: the run reaper finds it)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ import psutil
 import pytest
 
 from assets.core.feeds import load_feeds
-from assets.core.storage import Storage, scratch_prefix
+from assets.core.resources import StorageResource
+from assets.core.storage import SCRATCH_NAME, Storage, scratch_prefix
 from assets.ingestion.ingest import ingest_partitions
 from assets.ingestion.landing import land_file
 from orchestration.polling import start_daemon, stop_process
+from orchestration.reaper import run_reaper
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 POOL = "raw_trades_writer"
 DAY = "2024-05-02"
 TRADES = 1_000_000
+MATERIALIZE = ["asset", "materialize", "-m", "orchestration.definitions", "--select", "raw_trades"]
 FEEDS_YAML = (
     "feeds:\n  - name: desk\n    kind: trades\n    format: csv\n"
     "    columns: {symbol: sym, ts: time, trade_id: id, price: px, size: qty}\n"
@@ -81,8 +85,9 @@ def _kill_tree(pid: int) -> list[int]:
     return [p.pid for p in procs]
 
 
-@pytest.mark.e2e
-def test_killed_run_frees_its_pool_slot_and_a_rerun_completes(tmp_path, monkeypatch):
+def _landed_day(tmp_path: Path, monkeypatch) -> tuple[Path, Path, dict[str, str]]:
+    """An embedded instance's folder (DAGSTER_HOME) and a storage root with a day of TRADES
+    trades landed, and the environment of the commands (also set in this process)."""
     home, root = tmp_path / "dagster_home", tmp_path / "var"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.local.yaml", home / "dagster.yaml")
@@ -98,7 +103,37 @@ def test_killed_run_frees_its_pool_slot_and_a_rerun_completes(tmp_path, monkeypa
         f"100 + i % 7 AS px, 1 AS qty FROM range({TRADES}) AS t(i)) TO '{fills}' (HEADER)"
     )
     land_file(Storage(str(root)), load_feeds(feeds_file)["desk"], fills)
+    return home, root, env
 
+
+def _rerun_completes(instance: dg.DagsterInstance, env: dict[str, str], dead_run_id: str) -> None:
+    """A CLI run of the day claims the slot the dead run held and ingests every trade, and the
+    dead run stays failed."""
+    rerun = subprocess.run(
+        [str(BIN / "dagster"), *MATERIALIZE, "--partition", DAY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    (cli_run,) = [
+        r
+        for r in instance.get_runs()
+        if r.run_id != dead_run_id and r.asset_selection == {dg.AssetKey("raw_trades")}
+    ]
+    assert cli_run.status == dg.DagsterRunStatus.SUCCESS
+    record = instance.get_latest_materialization_event(dg.AssetKey("raw_trades"))
+    assert record.run_id == cli_run.run_id
+    assert record.asset_materialization.metadata["dagster/row_count"].value == TRADES
+    assert instance.get_run_by_id(dead_run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not _claimed(instance)
+
+
+@pytest.mark.e2e
+def test_killed_run_frees_its_pool_slot_and_a_rerun_completes(tmp_path, monkeypatch):
+    home, root, env = _landed_day(tmp_path, monkeypatch)
     # The instance's SQLite storage is created here, before the daemon starts: two processes
     # creating it at once can leave two alembic heads.
     instance = dg.DagsterInstance.from_config(str(home))
@@ -134,35 +169,7 @@ def test_killed_run_frees_its_pool_slot_and_a_rerun_completes(tmp_path, monkeypa
         _wait("its pool slot to be freed", lambda: not _claimed(instance), 60, log_path)
 
         # A rerun completes without anyone deleting the dead run: the CLI run claims the slot.
-        rerun = subprocess.run(
-            [
-                str(BIN / "dagster"),
-                "asset",
-                "materialize",
-                "-m",
-                "orchestration.definitions",
-                "--select",
-                "raw_trades",
-                "--partition",
-                DAY,
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-        (cli_run,) = [
-            r
-            for r in instance.get_runs()
-            if r.run_id != run.run_id and r.asset_selection == {dg.AssetKey("raw_trades")}
-        ]
-        assert cli_run.status == dg.DagsterRunStatus.SUCCESS
-        record = instance.get_latest_materialization_event(dg.AssetKey("raw_trades"))
-        assert record.asset_materialization.metadata["dagster/row_count"].value == TRADES
-        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
-        assert not _claimed(instance)
+        _rerun_completes(instance, env, run.run_id)
         # The killed processes' staging folders were removed by the rerun.
         staging = root / ".staging"
         leftovers = [p.name for p in staging.iterdir()] if staging.exists() else []
@@ -170,6 +177,73 @@ def test_killed_run_frees_its_pool_slot_and_a_rerun_completes(tmp_path, monkeypa
     finally:
         stop_process(daemon, timeout=60)
         instance.dispose()
+
+
+def _staging_folders(root: Path) -> list[str]:
+    staging = root / ".staging"
+    if not staging.exists():
+        return []
+    return [p.name for p in staging.iterdir() if SCRATCH_NAME.match(p.name)]
+
+
+@pytest.mark.e2e
+def test_a_killed_cli_run_is_failed_by_the_reaper_and_its_slot_freed(tmp_path, monkeypatch):
+    """``dagster asset materialize`` executes the run in the CLI process: killed with SIGKILL, no
+    code server or monitoring sees it die. The run reaper (the sensor the daemon ticks) fails it,
+    frees its slot and removes its staging folder; then the day can be built again."""
+    home, root, env = _landed_day(tmp_path, monkeypatch)
+    instance = dg.DagsterInstance.from_config(str(home))
+    log_path = tmp_path / "cli.log"
+    with open(log_path, "wb") as log:
+        cli = subprocess.Popen(
+            [str(BIN / "dagster"), *MATERIALIZE, "--partition", DAY],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # Killed in the middle of writing: it holds the slot and its staging folder exists.
+        def writing():
+            if cli.poll() is not None:
+                raise AssertionError(f"the run ended before the kill\n{log_path.read_text()}")
+            return _claimed(instance) and _staging_folders(root)
+
+        deadline = time.monotonic() + 300
+        while not writing():
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.02)
+        killed = _kill_tree(cli.pid)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait()
+    (run,) = instance.get_runs()
+    assert [s.run_id for s in _claimed(instance)] == [run.run_id]
+    left = _staging_folders(root)
+    assert left and all(int(SCRATCH_NAME.match(n)["pid"]) in killed for n in left), left
+    # Nothing else will ever end it.
+    time.sleep(2)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+    context = dg.build_sensor_context(
+        instance=instance, resources={"storage": StorageResource(root=str(root))}
+    )
+    result = run_reaper(context)
+    assert "failed 1 dead run" in result.skip_message, result.skip_message
+
+    dead = instance.get_run_by_id(run.run_id)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert f"run process {cli.pid}" in failure.dagster_event.message
+    assert "raw_trades_writer (raw_trades)" in failure.dagster_event.message
+    assert not _claimed(instance)
+    assert _staging_folders(root) == []
+    # A second tick finds nothing to do.
+    assert run_reaper(context).skip_message == "no dead runs"
+    _rerun_completes(instance, env, run.run_id)
+    instance.dispose()
 
 
 def test_a_run_removes_staging_folders_of_dead_processes_only(local_storage, tmp_path):
