@@ -288,6 +288,7 @@ def mlflow_server(tmp_path: Path, s3_server: str, s3_client) -> Iterator[tuple[s
         yield url, bucket
 
 
+@pytest.mark.slow  # the server's start: ~50 s on the 2 shared cores here
 def test_checkpoint_through_a_tracking_server_with_proxied_artifacts(
     tmp_path: Path,
     mlflow_server: tuple[str, str],
