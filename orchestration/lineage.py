@@ -13,18 +13,20 @@ read from the checkpoint's lineage.json. ``--json`` prints lineage.json itself.
 A folder is read without importing MLflow or Dagster (this module imports neither at the top).
 A registry target resolves the version's source (the run's ``checkpoint`` artifact folder):
 read in place when it is a local folder, else only lineage.json is downloaded. The tracking
-store is ``--tracking-uri``, else $MLFLOW_TRACKING_URI, else the platform's default SQLite file.
+store is ``--tracking-uri``, else $MLFLOW_TRACKING_URI, else the platform's default SQLite file;
+an S3-compatible artifact store is reached through $AWS_ENDPOINT_URL (path-style), as the
+training assets reach it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 LINEAGE_FILE = "lineage.json"
 
@@ -43,9 +45,12 @@ def resolve_registry(
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
+    from assets.core.model_store import local_path, s3_env
     from assets.core.settings import settings_from_env
 
-    uri = tracking_uri or settings_from_env().mlflow_tracking_uri
+    settings = settings_from_env()
+    uri = tracking_uri or settings.mlflow_tracking_uri
+    os.environ.update(s3_env(settings.s3_endpoint_url))  # an S3-compatible artifact store
     client = MlflowClient(tracking_uri=uri)
     spec = target[len("models:/") :] if target.startswith("models:/") else target
     if "@" in spec:
@@ -65,7 +70,7 @@ def resolve_registry(
         "tags": dict(version.tags or {}),
         "aliases": list(getattr(version, "aliases", []) or []),
     }
-    local = _local_folder(source)
+    local = local_path(source)
     if local is not None and (local / LINEAGE_FILE).is_file():
         info["checkpoint"] = str(local)
         return json.loads((local / LINEAGE_FILE).read_text()), info
@@ -75,14 +80,6 @@ def resolve_registry(
         )
         info["checkpoint"] = source
         return json.loads(Path(path).read_text()), info
-
-
-def _local_folder(source: str) -> Path | None:
-    if source.startswith("file://"):
-        return Path(unquote(urlparse(source).path))
-    if "://" in source or source.startswith(("models:", "runs:", "mlflow-artifacts:")):
-        return None
-    return Path(source)
 
 
 def read_folder(folder: str | Path) -> dict[str, Any]:
@@ -115,6 +112,9 @@ def describe(lineage: dict[str, Any], checkpoint: str, indent: str = "") -> list
     if shown:
         out.append(f"{indent}  " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     base = lineage.get("base_model") or ""
+    start = lineage.get("start_from") or {}
+    if start.get("model_uri"):  # a registered starting model (the base above is its local copy)
+        out.append(f"{indent}  started from {start['model_uri']} (source {start.get('source')})")
     if lineage.get("stage") == "dpo" and Path(base, LINEAGE_FILE).is_file():
         out.append(f"{indent}  started from (policy and reference):")
         out += describe(read_folder(base), base, indent + "    ")

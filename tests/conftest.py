@@ -3,6 +3,7 @@
 - ``s3_server`` (session): moto's S3 server as a subprocess on a free port; yields its endpoint
   URL and is stopped at the end. Started only if a test asks for S3.
 - ``s3_storage``: a :class:`Storage` on a fresh bucket of that server (``s3://<bucket>/dd``).
+- ``s3_client``: a plain boto3 client on that server.
 - ``local_storage``: a :class:`Storage` on a temporary folder.
 - ``any_storage``: each test runs on both (ids ``local`` and ``s3``).
 
@@ -13,17 +14,13 @@ undone after each S3 test and never leak into other tests. No autouse fixtures, 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.servers import free_port, serve
 
 from assets.core.storage import Storage
 
@@ -37,54 +34,22 @@ S3_ENV = {
 S3_ENV_UNSET = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _moto_command(port: int) -> list[str]:
     script = Path(sys.executable).parent / "moto_server"
     base = [str(script)] if script.exists() else [sys.executable, "-m", "moto.server"]
     return [*base, "-H", "127.0.0.1", "-p", str(port)]
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5):
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer means it is up
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Endpoint URL (``http://127.0.0.1:<port>``) of a moto S3 server running for the session."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
     env = {k: v for k, v in os.environ.items() if k not in S3_ENV_UNSET}
     env.update(S3_ENV, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + S3_START_TIMEOUT_S
-        while not _answers(f"{endpoint}/moto-api/"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"moto server did not start on {endpoint}: {log_path.read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
+    with serve(_moto_command(port), f"{endpoint}/moto-api/", env, log_path, S3_START_TIMEOUT_S):
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _boto3_client(endpoint: str):
@@ -98,6 +63,13 @@ def _boto3_client(endpoint: str):
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
+
+
+@pytest.fixture
+def s3_client(s3_server: str):
+    """A plain boto3 S3 client on the session's server (reads back what the code wrote,
+    independent of it)."""
+    return _boto3_client(s3_server)
 
 
 @pytest.fixture

@@ -17,12 +17,14 @@ from pydantic import PrivateAttr
 from assets.core.dbt import dbt_project
 from assets.core.feeds import FeedSpec, load_feeds
 from assets.core.lakehouse import Lakehouse, S3Access
+from assets.core.model_store import ResolvedModel, resolve_model, s3_env
 from assets.core.settings import (
     DEFAULT_ARTIFACT_LOCATION,
     DEFAULT_BASE_MODEL,
     DEFAULT_FEEDS_FILE,
     DEFAULT_LAKEHOUSE_CATALOG,
     DEFAULT_MIN_NEW_MATURE_EPISODES,
+    DEFAULT_MODEL_CACHE,
     DEFAULT_STORAGE_ROOT,
     DEFAULT_TRACKING_URI,
     DEFAULT_TRAINING_LAUNCH,
@@ -138,14 +140,22 @@ class MlflowResource(ConfigurableResource):
     """Where training runs, metrics, checkpoints and registered model versions are tracked.
 
     The tracking store is local by default (a SQLite file next to the repo, not under the
-    storage root, which may be S3); any MLflow URI works (``postgresql://…``, ``http://…``)."""
+    storage root, which may be S3); any MLflow URI works (``postgresql://…``, ``http://…``).
+    Checkpoints are artifacts of the runs, on the experiment's ``artifact_location``
+    (settings.default_artifact_location: the server's own with an ``http(s)://`` server,
+    ``<storage root>/mlflow-artifacts`` on S3, else a local folder); :meth:`local_model` brings a
+    registered version back as a local folder (assets/core/model_store.py), cached in
+    ``model_cache``. ``s3_endpoint_url``: the S3-compatible endpoint of those artifacts (path-style
+    addressing), the storage's; S3 keys come from the environment (``AWS_*``), as for s3fs."""
 
     tracking_uri: str = DEFAULT_TRACKING_URI
     registry_uri: str | None = None
-    artifact_location: str = DEFAULT_ARTIFACT_LOCATION
+    artifact_location: str | None = DEFAULT_ARTIFACT_LOCATION
     experiment: str = EXPERIMENT
     username: str | None = None
     password: str | None = None
+    s3_endpoint_url: str | None = None
+    model_cache: str = DEFAULT_MODEL_CACHE
 
     def settings(self) -> dict[str, str | None]:
         """Keyword arguments of assets.core.training_run.Tracker (also sent to a Pipes child)."""
@@ -165,9 +175,31 @@ class MlflowResource(ConfigurableResource):
             env["MLFLOW_TRACKING_PASSWORD"] = self.password
         return env
 
+    def process_env(self) -> dict[str, str]:
+        """Everything MLflow reads from the environment: the credentials and, with an S3
+        endpoint, ``MLFLOW_S3_ENDPOINT_URL`` and path-style addressing (a MinIO / moto host
+        name cannot take the bucket as a subdomain)."""
+        return {**self.secret_env(), **s3_env(self.s3_endpoint_url)}
+
+    def apply_env(self) -> None:
+        """Set :meth:`process_env` in this process (MLflow reads it from there)."""
+        os.environ.update(self.process_env())
+
     def tracker(self) -> Tracker:
-        os.environ.update(self.secret_env())
+        self.apply_env()
         return Tracker(**self.settings())
+
+    def local_model(self, uri: str) -> ResolvedModel:
+        """A local folder with the checkpoint of ``uri`` (``models:/<name>/<version>``,
+        ``models:/<name>@<alias>``, a run or artifact URI, or a local folder), downloaded once
+        into ``model_cache``."""
+        self.apply_env()
+        return resolve_model(
+            uri,
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
+            cache_dir=self.model_cache,
+        )
 
 
 class TrainingResource(ConfigurableResource):
@@ -265,6 +297,8 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
             tracking_uri=settings.mlflow_tracking_uri,
             registry_uri=settings.mlflow_registry_uri,
             artifact_location=settings.mlflow_artifact_location,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            model_cache=settings.model_cache,
             **mlflow_secrets,
         ),
         "training": TrainingResource(

@@ -16,13 +16,14 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 | ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` | S3 region of DuckDB's secret (s3fs is given none: see KNOWN_GOOD) | ``us-east-1`` |
 | ``MLFLOW_TRACKING_URI`` | MLflow tracking store (``sqlite:///…``, ``postgresql://…``, ``http://…``); kept local, never under the storage root | ``sqlite:///./var/mlflow/mlflow.db`` |
 | ``MLFLOW_REGISTRY_URI`` | model registry store, if not the tracking store | the tracking URI |
-| ``MLFLOW_ARTIFACT_LOCATION`` | artifact root of a newly created experiment | ``./var/mlflow/artifacts`` |
+| ``MLFLOW_ARTIFACT_LOCATION`` | artifact root of a newly created experiment: checkpoints are logged there and registered versions point at them | with an ``http(s)://`` tracking server: the server's own (proxied ``mlflow-artifacts:/`` or its store); with an ``s3://`` storage root: ``<storage root>/mlflow-artifacts``; else ``./var/mlflow/artifacts`` |
+| ``DD_MODEL_CACHE`` | local folder where registry / artifact checkpoints are downloaded once per version (``assets/core/model_store.py``) | ``./var/model-cache`` |
 | ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` | MLflow server credentials (secrets, ``EnvVar``) | |
 | ``DD_TRAINING_BASE_MODEL`` | base model of SFT and PRM | ``smollm2-135m-instruct`` |
 | ``DD_TRAINING_PROFILE`` | ``cpu-small`` (few steps, short sequences) or ``gpu`` (``training/configs/*_gpu.yaml``) | ``cpu-small`` |
 | ``DD_TRAINING_LAUNCH`` | ``in_process`` or ``pipes`` (a subprocess through Dagster Pipes) | ``in_process`` |
 | ``DD_TRAINING_MAX_STEPS`` | optimizer steps per stage (overrides the profile) | profile's |
-| ``DD_TRAINING_OUTPUT_ROOT`` | where checkpoints are written (local) | ``./var/training`` |
+| ``DD_TRAINING_OUTPUT_ROOT`` | where a run writes its checkpoint before logging it to MLflow (local scratch; later stages and the evaluation load from the registry) | ``./var/training`` |
 | ``DD_RETRAIN_MIN_NEW_MATURE_EPISODES`` | new mature episodes that trigger a retrain | 8000 |
 | ``DD_RETRAIN_PAUSED`` | ``1``: the retrain sensor reads drift records but launches nothing (the demo's own daemon) | ``0`` |
 """
@@ -43,6 +44,8 @@ DEFAULT_TRAINING_ROOT = str(REPO_ROOT / "var" / "training")
 DEFAULT_MLFLOW_DIR = REPO_ROOT / "var" / "mlflow"
 DEFAULT_TRACKING_URI = f"sqlite:///{DEFAULT_MLFLOW_DIR / 'mlflow.db'}"
 DEFAULT_ARTIFACT_LOCATION = str(DEFAULT_MLFLOW_DIR / "artifacts")
+MLFLOW_ARTIFACTS_DIR = "mlflow-artifacts"  # under an object-store storage root
+DEFAULT_MODEL_CACHE = str(REPO_ROOT / "var" / "model-cache")
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_TRAINING_PROFILE = "cpu-small"
 DEFAULT_TRAINING_LAUNCH = "in_process"
@@ -66,7 +69,7 @@ class Settings:
     lakehouse_data_path: str
     mlflow_tracking_uri: str
     mlflow_registry_uri: str | None
-    mlflow_artifact_location: str
+    mlflow_artifact_location: str | None
     mlflow_username: str | None
     mlflow_password: str | None
     training_base_model: str
@@ -74,8 +77,21 @@ class Settings:
     training_launch: str
     training_max_steps: int | None
     training_output_root: str
+    model_cache: str
     retrain_min_new_mature_episodes: int
     retrain_paused: bool
+
+
+def default_artifact_location(storage_root: str, tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts when ``MLFLOW_ARTIFACT_LOCATION`` is unset:
+    None (the tracking server's own artifact root, e.g. its proxied ``mlflow-artifacts:/``)
+    with an ``http(s)://`` server; ``<storage root>/mlflow-artifacts`` on an object-store
+    root (``s3://``); else the local folder next to the SQLite store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    if "://" in storage_root and not storage_root.startswith("file://"):
+        return f"{storage_root.rstrip('/')}/{MLFLOW_ARTIFACTS_DIR}"
+    return DEFAULT_ARTIFACT_LOCATION
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +103,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     max_steps = get("DD_TRAINING_MAX_STEPS")
     min_new_mature = get("DD_RETRAIN_MIN_NEW_MATURE_EPISODES")
     storage_root = get("DD_STORAGE_ROOT", DEFAULT_STORAGE_ROOT)
+    tracking_uri = get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     return Settings(
         storage_root=storage_root,
         s3_endpoint_url=get("AWS_ENDPOINT_URL"),
@@ -99,9 +116,11 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         lakehouse_data_path=get(
             "DD_LAKEHOUSE_DATA_PATH", f"{storage_root.rstrip('/')}/{LAKEHOUSE_DATA_DIR}"
         ),
-        mlflow_tracking_uri=get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        mlflow_tracking_uri=tracking_uri,
         mlflow_registry_uri=get("MLFLOW_REGISTRY_URI"),
-        mlflow_artifact_location=get("MLFLOW_ARTIFACT_LOCATION", DEFAULT_ARTIFACT_LOCATION),
+        mlflow_artifact_location=get(
+            "MLFLOW_ARTIFACT_LOCATION", default_artifact_location(storage_root, tracking_uri)
+        ),
         mlflow_username=get("MLFLOW_TRACKING_USERNAME"),
         mlflow_password=get("MLFLOW_TRACKING_PASSWORD"),
         training_base_model=get("DD_TRAINING_BASE_MODEL", DEFAULT_BASE_MODEL),
@@ -109,6 +128,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         training_launch=get("DD_TRAINING_LAUNCH", DEFAULT_TRAINING_LAUNCH),
         training_max_steps=int(max_steps) if max_steps else None,
         training_output_root=get("DD_TRAINING_OUTPUT_ROOT", DEFAULT_TRAINING_ROOT),
+        model_cache=get("DD_MODEL_CACHE", DEFAULT_MODEL_CACHE),
         retrain_min_new_mature_episodes=int(min_new_mature)
         if min_new_mature
         else DEFAULT_MIN_NEW_MATURE_EPISODES,

@@ -23,10 +23,15 @@ MLflow layout, one run per stage in experiment ``decision-data``:
   ``dbt.models_digest``, ``git.revision``, ``base_model``, ``stage``, ``lineage.sha256``,
   ``lakehouse.snapshot`` (the snapshot the dataset export read)
 - artifacts: the checkpoint folder under ``checkpoint/`` (weights, tokenizer, training_config.json,
-  lineage.json)
+  lineage.json), on the experiment's artifact location: ``s3://…/mlflow-artifacts/…`` with an S3
+  storage root, the tracking server's (proxied ``mlflow-artifacts:/…``) with an ``http://``
+  tracking URI, a local folder (``var/mlflow/artifacts``) in the embedded default
 - registry: a version of ``decision-data-<stage>`` whose source is ``<run artifact URI>/checkpoint``,
   tagged with ``lineage_sha256`` and given the alias ``challenger`` (promotion to ``champion`` is
-  the evaluation gate's job)
+  the evaluation gate's job). Later stages and the evaluation load it from there
+  (``assets.core.model_store.resolve_model``), never from the local output folder
+- base model: the ``base_model`` tag and metadata name the registry URI of the starting model
+  when the stage started from a registered version (lineage ``start_from``)
 """
 
 from __future__ import annotations
@@ -139,8 +144,11 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=artifact_location or None
             )
-        else:
-            self.experiment_id = found.experiment_id
+            found = self.client.get_experiment(self.experiment_id)
+        self.experiment_id = found.experiment_id
+        # Fixed when the experiment was created: a later MLFLOW_ARTIFACT_LOCATION does not move
+        # it (a new experiment name does).
+        self.artifact_location = found.artifact_location
 
     def start(self, stage: str, tags: dict[str, str], params: dict[str, str]) -> str:
         from mlflow.entities import Param
@@ -266,11 +274,16 @@ def run_stage(
     from training.config import STAGES as STAGE_CONFIGS
 
     cfg = STAGE_CONFIGS[stage].from_dict(config).validate()
-    base_model = cfg.start_model() if stage == "dpo" else cfg.model.name_or_path
+    # A registered starting model is named by its registry URI, not its local cache folder.
+    start_uri = (lineage.get("start_from") or {}).get("model_uri")
+    base_model = start_uri or (cfg.start_model() if stage == "dpo" else cfg.model.name_or_path)
     tracker = Tracker(**tracking)
     params = flatten({k: v for k, v in cfg.to_dict().items() if k != "stage"})
     run_id = tracker.start(stage, lineage_tags(lineage, base_model, stage), params)
-    log(f"MLflow run {run_id} in experiment {tracker.experiment_id} ({tracker.tracking_uri})")
+    log(
+        f"MLflow run {run_id} in experiment {tracker.experiment_id} ({tracker.tracking_uri}), "
+        f"artifacts on {tracker.artifact_location}"
+    )
     try:
         tracker.log_datasets(run_id, inputs)
 

@@ -1,8 +1,11 @@
 """Model evaluation and the champion/challenger gate (Dagster and MLflow around
 ``training.report``).
 
-``model_evaluation`` loads the latest DPO (decision) and PRM checkpoints and runs
-:func:`training.report.evaluate_checkpoints` on the test split:
+``model_evaluation`` loads the latest DPO (decision) and PRM checkpoints from the registry (the
+versions their training assets registered, ``models:/decision-data-dpo/<n>``; the files come
+from the artifact store through ``assets.core.model_store``, cached per version, so any process
+on any machine can run it) and runs :func:`training.report.evaluate_checkpoints` on the test
+split:
 
 - **decisions**, every test decision point: the likelihood scorer's p(buy / sell / hold) (one
   forward pass per item, ``training.scoring``), log p(target), Brier, argmax accuracy against
@@ -39,6 +42,7 @@ import pandas as pd
 
 from assets.core.lakehouse import Lakehouse, lakehouse_connection
 from assets.core.materializations import latest_metadata, plain_metadata
+from assets.core.model_store import resolve_model
 from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
 from assets.core.training_run import finite_metrics
 from training.baselines import table_markdown
@@ -104,23 +108,19 @@ def champion_version(client: Any, name: str, alias: str = CHAMPION_ALIAS) -> Any
         return None
 
 
-def download_checkpoint(source: str, tracking_uri: str | None, dst: str | Path) -> Path:
-    """A local folder with a registered version's checkpoint (its ``source``, e.g.
-    ``<run artifact URI>/checkpoint``): a local folder is used as it is, anything else is
-    downloaded into ``dst``. The folder is the one holding ``config.json``."""
-    if "://" not in source and Path(source).is_dir():
-        return Path(source)
-    from mlflow.artifacts import download_artifacts
+def registry_uri_of(name: str, version: Any) -> str:
+    """``models:/<name>/<version>``: the pinned registry URI of a version."""
+    return f"models:/{name}/{version}"
 
-    local = Path(
-        download_artifacts(artifact_uri=source, tracking_uri=tracking_uri, dst_path=str(dst))
-    )
-    if (local / "config.json").is_file():
-        return local
-    found = sorted(local.rglob("config.json"))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint (config.json) under {source}")
-    return found[0].parent
+
+def download_checkpoint(
+    source: str, tracking_uri: str | None, cache_dir: str | Path | None = None
+) -> Path:
+    """A local folder with a checkpoint (a registry URI, a version's ``source`` or a folder),
+    through assets.core.model_store (downloaded once per version into ``cache_dir``, by default
+    ``var/model-cache``)."""
+    extra = {"cache_dir": cache_dir} if cache_dir is not None else {}
+    return resolve_model(source, tracking_uri=tracking_uri, **extra).path
 
 
 @dataclass
@@ -149,7 +149,7 @@ def champion_gate(
     evaluation: Mapping[str, Any],
     *,
     tracking_uri: str | None = None,
-    scratch: str | Path | None = None,
+    load_model: Callable[[str], Path] | None = None,
     score_champion: Callable[[Path, pd.DataFrame], pd.DataFrame] | None = None,
     n_resamples: int = 2000,
     alpha: float = 0.05,
@@ -163,7 +163,9 @@ def champion_gate(
     ``gate_score``, ``seed``, ``batch_size``. The champion's per-item scores are its stored
     ones when its version's tag ``evaluation_items_digest`` equals the challenger's digest (same
     items, same scorer) and the file exists with the gate's score; else its checkpoint is
-    fetched from the registry and scored on the challenger's items
+    loaded from the registry (``load_model("models:/<name>/<champion version>")``, default
+    :func:`download_checkpoint` on ``tracking_uri``: the version's artifacts, downloaded once
+    into the model cache) and scored on the challenger's items
     (``score_champion(checkpoint_dir, items)``, default
     :func:`training.report.score_checkpoint_items`, the likelihood scorer).
     """
@@ -196,13 +198,13 @@ def champion_gate(
                     folder, items, batch_size=int(evaluation.get("batch_size") or 8)
                 )
 
-        with contextlib.ExitStack() as stack:
-            if scratch is None:
-                import tempfile
+        if load_model is None:
 
-                scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="dd-champion-"))
-            folder = download_checkpoint(current.source, tracking_uri, scratch)
-            champion_items = score_champion(folder, challenger_items)
+            def load_model(uri: str) -> Path:
+                return download_checkpoint(uri, tracking_uri)
+
+        folder = load_model(registry_uri_of(name, current.version))
+        champion_items = score_champion(folder, challenger_items)
 
     decision = gate_decision(
         challenger_items,
@@ -420,13 +422,42 @@ def _model_info(instance: dg.DagsterInstance, asset: str) -> dict[str, Any]:
     return info
 
 
-def _checkpoint_dir(info: Mapping[str, Any], tracker: Any, scratch: Path) -> Path:
-    local = info.get("checkpoint_path")
-    if local and Path(str(local)).is_dir():
-        return Path(str(local))
-    if not info.get("model_source"):
-        raise dg.Failure(f"checkpoint {local} is not on this machine and has no registry source")
-    return download_checkpoint(str(info["model_source"]), tracker.tracking_uri, scratch)
+def model_uri(info: Mapping[str, Any]) -> str:
+    """How a training asset's latest materialization names its checkpoint, most portable
+    first: the registered version (``models:/<name>/<version>``), the version's source, the
+    local folder it was written to."""
+    if info.get("model_uri"):
+        return str(info["model_uri"])
+    if info.get("model_name") and info.get("model_version") not in (None, ""):
+        return registry_uri_of(str(info["model_name"]), info["model_version"])
+    return str(info.get("model_source") or info.get("checkpoint_path"))
+
+
+def _load(info: Mapping[str, Any], mlflow: MlflowResource, asset: str, log: Any) -> Path:
+    """The checkpoint of ``info`` as a local folder, from the registry (any process), and the
+    registered model it started from (lineage ``start_from``, DPO: the SFT version).
+
+    The report walks a checkpoint's lineage ``base_model`` (the local folder the stage started
+    from) back to the SFT reference and the untrained base; that folder is a model-cache entry
+    of the training process, and the cache puts the same version at the same path in every
+    process with the same settings, so fetching ``start_from`` here makes the walk work on
+    another machine too."""
+    uri = model_uri(info)
+    try:
+        folder = mlflow.local_model(uri).path
+        lineage_file = folder / "lineage.json"
+        lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+        start = (lineage.get("start_from") or {}).get("model_uri")
+        if start:
+            parent = mlflow.local_model(str(start)).path
+            if str(parent) != str(lineage.get("base_model")):
+                log.warning(
+                    f"{asset}: started from {start}, fetched to {parent}, but its lineage "
+                    f"names {lineage.get('base_model')} (another model cache setting?)"
+                )
+    except Exception as err:  # MlflowException, FileNotFoundError, botocore errors
+        raise dg.Failure(f"cannot load the {asset} checkpoint {uri}: {err}") from err
+    return folder
 
 
 @dg.asset(
@@ -483,8 +514,8 @@ def model_evaluation(
     folder = f"{EVALUATIONS_PREFIX}/{context.run_id}"
     with tempfile.TemporaryDirectory(prefix="dd-eval-") as tmp:
         scratch = Path(tmp)
-        dpo_dir = _checkpoint_dir(dpo, tracker, scratch / "dpo")
-        prm_dir = _checkpoint_dir(prm, tracker, scratch / "prm")
+        dpo_dir = _load(dpo, mlflow, "dpo_model", context.log)
+        prm_dir = _load(prm, mlflow, "prm_model", context.log)
         report = evaluate_checkpoints(
             dpo_dir,
             prm_dir,
@@ -560,10 +591,10 @@ def model_evaluation(
             "dpo_model_version": str(dpo.get("model_version") or ""),
             "prm_model_name": str(prm.get("model_name") or PRM_REGISTERED_MODEL),
             "prm_model_version": str(prm.get("model_version") or ""),
-            "dpo_checkpoint": str(dpo.get("checkpoint_path") or dpo.get("model_source") or ""),
+            "dpo_checkpoint": model_uri(dpo),
             "train_data_until": str(dpo.get("train_data_until") or ""),
             "data_until": str(dpo.get("data_until") or ""),
-            "prm_checkpoint": str(prm.get("checkpoint_path") or prm.get("model_source") or ""),
+            "prm_checkpoint": model_uri(prm),
             "mlflow_run_id": run_id,
             "evaluation_path": dg.MetadataValue.path(store.uri(folder)),
             "items_path": f"{folder}/{ITEMS_FILE}",
@@ -604,7 +635,13 @@ def beats_champion(
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no evaluation yet"})
     store = storage.get()
     tracker = mlflow.tracker()
-    outcome = champion_gate(tracker.client, store, evaluation, tracking_uri=tracker.tracking_uri)
+    outcome = champion_gate(
+        tracker.client,
+        store,
+        evaluation,
+        tracking_uri=tracker.tracking_uri,
+        load_model=lambda uri: mlflow.local_model(uri).path,
+    )
     context.log.info(outcome.reason)
     metadata: dict[str, Any] = {
         "reason": outcome.reason,

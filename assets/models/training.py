@@ -12,6 +12,15 @@ asset and records where the checkpoint came from:
   few steps) or ``<stage>_gpu.yaml`` (profile ``gpu``), wired to the files, the base model
   (SFT, PRM) or the SFT checkpoint (DPO: policy and frozen reference), and an output folder
   per Dagster run, then the TrainingResource's extra overrides;
+- start: DPO starts from the latest sft_model's *registered version*
+  (``models:/decision-data-sft/<n>``), resolved to a local folder by
+  ``assets.core.model_store`` (downloaded from the artifact store once per version, or used in
+  place when the source is a local folder); a base model given as a registry or artifact URI
+  (SFT, PRM: ``DD_TRAINING_BASE_MODEL`` or a ``model.name_or_path`` override) is resolved the
+  same way. lineage.json records it under ``start_from``;
+- output: the checkpoint is written under ``TrainingResource.output_root`` (local scratch),
+  then logged as the ``checkpoint`` artifact of the stage's MLflow run (on the artifact store)
+  and registered with that artifact URI as the version's source;
 - lineage: ``assets.episodes.dataset_lineage.dataset_lineage`` (dataset files and digests, episode partitions,
   dbt models and checksums, raw landed files and hashes) plus a ``dagster`` block (run id,
   asset key, upstream materialization, episode partition keys, code revision); the trainer
@@ -36,6 +45,7 @@ from assets.core.automation import RETRAIN_REASON_TAG
 from assets.core.dbt import dbt_project
 from assets.core.lakehouse import lakehouse_connection
 from assets.core.materializations import latest_metadata
+from assets.core.model_store import ResolvedModel, is_model_uri
 from assets.core.resources import (
     REPO_ROOT,
     FeedsResource,
@@ -88,15 +98,34 @@ def to_metadata(typed: dict[str, dict[str, Any]]) -> dict[str, dg.MetadataValue]
     return {k: _METADATA[v["type"]](v["raw_value"]) for k, v in typed.items()}
 
 
-def sft_checkpoint(context: dg.AssetExecutionContext) -> str:
-    """The checkpoint folder of the latest sft_model materialization (DPO starts from it)."""
+def sft_model_uri(context: dg.AssetExecutionContext) -> str:
+    """The registry URI (``models:/decision-data-sft/<version>``) of the latest sft_model
+    materialization: DPO starts from it, on whatever machine it runs."""
     metadata = latest_metadata(context.instance, "sft_model")
-    path = metadata.get("checkpoint_path")
-    if not path or not Path(path, "config.json").is_file():
+    uri = metadata.get("model_uri") or metadata.get("model_source")
+    if not uri:
         raise dg.Failure(
-            f"dpo_model needs an sft_model checkpoint; the latest materialization names {path!r}"
+            "dpo_model needs an sft_model checkpoint in the registry; the latest sft_model "
+            f"materialization names none (metadata keys {sorted(metadata)})"
         )
-    return str(path)
+    return str(uri)
+
+
+def start_model(
+    context: dg.AssetExecutionContext, stage: str, uri: str, mlflow: MlflowResource
+) -> ResolvedModel:
+    """The registered model a stage starts from (DPO: the latest SFT version; SFT or PRM: a
+    base model given as a registry or artifact URI, e.g. ``models:/decision-data-sft@champion``
+    for a PRM on the SFT backbone), as a local folder from the model cache."""
+    try:
+        resolved = mlflow.local_model(uri)
+    except Exception as err:  # MlflowException, FileNotFoundError, botocore errors
+        raise dg.Failure(f"{stage}_model cannot load its starting model {uri}: {err}") from err
+    context.log.info(
+        f"{stage}: starts from {resolved.model_uri} (source {resolved.source}) at {resolved.path}"
+        + (" (downloaded)" if resolved.downloaded else "")
+    )
+    return resolved
 
 
 def stage_config(
@@ -172,7 +201,9 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
             "retrain_reason": context.run.tags.get(RETRAIN_REASON_TAG, "manual"),
         }
         splits = lineage["dataset"]["files"]
-        start_from = sft_checkpoint(context) if stage == "dpo" else None
+        start = (
+            start_model(context, stage, sft_model_uri(context), mlflow) if stage == "dpo" else None
+        )
         with contextlib.ExitStack() as stack:
             files, inputs = [], []
             for split in TRAIN_SPLITS:
@@ -198,7 +229,18 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
             if "train" not in splits:
                 raise dg.Failure(f"{upstream} has no train split: nothing to train {stage} on")
             output_dir = str(Path(training.output_root) / stage / context.run_id)
-            config = stage_config(stage, training, files, output_dir, start_from)
+            config = stage_config(
+                stage, training, files, output_dir, str(start.path) if start else None
+            )
+            if stage != "dpo" and is_model_uri(config["model"]["name_or_path"]):
+                start = start_model(context, stage, config["model"]["name_or_path"], mlflow)
+                config["model"]["name_or_path"] = str(start.path)
+            if start is not None:
+                # What the stage started from, by registry URI (the folder is a cache entry).
+                lineage["start_from"] = {
+                    k: start.record()[k]
+                    for k in ("model_uri", "source", "name", "version", "run_id")
+                }
             context.log.info(
                 f"{stage}: {launch} launch, {len(lineage['raw_files'])} raw files, "
                 f"{len(lineage['episode_partitions'])} episode partitions, output {output_dir}"
@@ -207,6 +249,7 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
                 result = _run_pipes(context, stage, config, lineage, inputs, mlflow)
                 metadata = dict(result.metadata or {})
             else:
+                mlflow.apply_env()  # the artifact store's endpoint and credentials
                 report = run_stage(
                     stage, config, lineage, mlflow.settings(), inputs, log=context.log.info
                 )
@@ -237,7 +280,7 @@ def _run_pipes(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Train in a subprocess through Dagster Pipes; the child reports the materialization."""
-    client = dg.PipesSubprocessClient(env=mlflow.secret_env(), cwd=str(REPO_ROOT))
+    client = dg.PipesSubprocessClient(env=mlflow.process_env(), cwd=str(REPO_ROOT))
     invocation = client.run(
         command=[sys.executable, "-m", "assets.core.training_run", stage],
         context=context,

@@ -423,13 +423,11 @@ def champion_performance(
     storage: StorageResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    import tempfile
-
     from assets.models.evaluation import (
         TAG_ITEMS,
         champion_version,
-        download_checkpoint,
         read_parquet,
+        registry_uri_of,
     )
     from training.report import score_checkpoint_items
 
@@ -452,9 +450,9 @@ def champion_performance(
     if len(points) < config.min_points:
         reason = f"{len(points)} mature decision points after {since} (< {config.min_points})"
         return dg.MaterializeResult(metadata={**base, "skipped_reason": reason})
-    with tempfile.TemporaryDirectory(prefix="dd-perf-") as tmp:
-        folder = download_checkpoint(version.source, tracker.tracking_uri, tmp)
-        items = score_checkpoint_items(folder, points, batch_size=config.batch_size)
+    # The champion's checkpoint from the registry, cached per version (assets/core/model_store).
+    folder = mlflow.local_model(registry_uri_of(name, version.version)).path
+    items = score_checkpoint_items(folder, points, batch_size=config.batch_size)
     recent = items["correct"].dropna()
     test_items_path = (version.tags or {}).get(TAG_ITEMS)
     test = pd.Series(dtype=float)

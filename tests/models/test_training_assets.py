@@ -1,10 +1,9 @@
 """Training assets end to end on a small real pipeline, with the 'tiny' model and 2 steps.
 
-Landing files -> raw bars -> dbt episodes and marts -> ds_*_files exports (dg.materialize, as in
-test_datasets_assets) -> sft_model, dpo_model, prm_model in one dg.materialize, with a temporary
-storage root and a temporary SQLite MLflow store. The landed files are stand-ins whose content
-is their own path, so their SHA-256 equals the ``source_hash`` helpers.bars.write_raw_bars puts
-in the raw rows: lineage resolves every hash through the real landing index.
+Landing files -> raw bars -> dbt episodes and marts (helpers.pipeline) -> ds_*_files exports
+(dg.materialize, as in test_datasets_assets) -> sft_model, dpo_model, prm_model in one
+dg.materialize, with a temporary storage root and a temporary SQLite MLflow store (artifacts in
+a local folder: the embedded default; tests/models/test_model_store.py puts them on S3).
 
 Then: MLflow runs, params, metric curves, dataset inputs, tags, registered versions and their
 sources; lineage.json against the export manifests and the landing index; weights moved from
@@ -22,8 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import dbt
-from helpers.bars import regime_bars, write_raw_bars
+from helpers.pipeline import OVERRIDES, build_datasets
 from safetensors.torch import load_file
 
 from assets.core.dbt import dbt_project
@@ -50,28 +48,6 @@ from orchestration import lineage as lineage_cli
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("sft", "dpo", "prm")
-FEEDS_YAML = """
-feeds:
-  - name: test
-    kind: bars
-    format: csv
-    columns: {symbol: symbol, ts: ts, open: open, high: high, low: low, close: close,
-              volume: volume}
-    file_date_pattern: '(?P<date>\\d{4}-\\d{2}-\\d{2})'
-"""
-SMALL = {
-    "data.max_train_samples": "16",
-    "data.max_eval_samples": "4",
-    "train.per_device_train_batch_size": "2",
-    "train.per_device_eval_batch_size": "4",
-    "train.max_length": "512",
-    "train.learning_rate": "1e-3",
-}
-OVERRIDES = {
-    "sft_overrides": {**SMALL, "eval_generate_samples": "2", "max_new_tokens": "4"},
-    "dpo_overrides": dict(SMALL),
-    "prm_overrides": dict(SMALL),
-}
 METADATA_KEYS = {
     "checkpoint_path", "base_model", "mlflow_run_id", "mlflow_run_url", "model_name",
     "model_version", "model_uri", "model_source", "lineage_sha256", "metrics",
@@ -98,6 +74,7 @@ def resources(work: Path, launch: str = "in_process", tracking_uri: str | None =
         "mlflow": MlflowResource(
             tracking_uri=tracking_uri or f"sqlite:///{work / 'mlflow.db'}",
             artifact_location=str(work / "mlartifacts"),
+            model_cache=str(work / "model-cache"),
         ),
         "training": training_resource(work, launch),
     }
@@ -115,18 +92,7 @@ def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("training_assets")
-    root, warehouse = work / "root", work / "warehouse.duckdb"
-    bars = regime_bars(7)
-    write_raw_bars(root, bars)
-    for day in sorted(set(bars["ts"].dt.strftime("%Y-%m-%d"))):
-        rel = f"landing/test/{day}.csv"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(rel.encode())
-    (work / "feeds.yaml").write_text(FEEDS_YAML)
-    dbt.run(
-        work, warehouse, root, "build", "--select", "+ds_sft +ds_dpo +ds_prm",
-        "--exclude", "marts stg_feedback", "--exclude-resource-type", "test",
-    )  # fmt: skip
+    build_datasets(work)
     res = resources(work)
     exports = dg.materialize([dataset_models, *dataset_files], resources=res)
     assert exports.success
@@ -224,7 +190,9 @@ def test_training_materializes_three_checkpoints(trained: dict):
         assert meta["n_raw_files"] > 0
         assert set(meta["dataset_digests"]) == {"train", "validation"}
         assert meta["launch"] == "in_process"
-    assert metadata["dpo_model"]["base_model"] == metadata["sft_model"]["checkpoint_path"]
+    # DPO starts from the SFT version in the registry, named by its registry URI.
+    assert metadata["dpo_model"]["base_model"] == metadata["sft_model"]["model_uri"]
+    assert metadata["sft_model"]["model_uri"] == "models:/decision-data-sft/1"
     assert metadata["prm_model"]["base_model"] == "tiny"
 
 
@@ -372,7 +340,10 @@ def test_lineage_cli_on_the_checkpoint_and_the_registry(trained: dict, capsys):
     dpo = trained["metadata"]["dpo_model"]["checkpoint_path"]
     assert lineage_cli.main([dpo]) == 0
     out = capsys.readouterr().out
-    assert "started from" in out and meta["checkpoint_path"] in out
+    # The SFT version it started from, and (local artifact store) that version's own chain.
+    source = _client(work).get_model_version("decision-data-sft", "1").source
+    assert f"started from models:/decision-data-sft/1 (source {source})" in out
+    assert "started from (policy and reference):" in out
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     assert lineage_cli.main(["models:/decision-data-sft/1", "--tracking-uri", uri]) == 0
