@@ -201,8 +201,8 @@ METHODS = ("trainer", "head")
 def validate_method(method: str, head: HeadConfig) -> None:
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
-    if head.forward_dtype not in ("bfloat16", "float32"):
-        raise ValueError(f"head.forward_dtype={head.forward_dtype!r}: bfloat16 or float32")
+    if head.forward_dtype not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"head.forward_dtype={head.forward_dtype!r}: auto, bfloat16 or float32")
     if head.max_iter < 1 or head.l2 < 0 or head.batch_size < 1:
         raise ValueError("head.max_iter >= 1, head.l2 >= 0 and head.batch_size >= 1 needed")
     for name in ("samples_per_action", "eval_samples"):
@@ -234,9 +234,10 @@ class HeadConfig:
     batch_size: int = _help("Prompts per forward pass of the backbone.", default=16)
     forward_dtype: str = _help(
         "dtype of the frozen backbone's forward pass over the prompts: 'bfloat16' (about 3x "
-        "faster on AVX512-BF16 CPUs; the fitted rows and the saved model stay float32) or "
-        "'float32'.",
-        default="bfloat16",
+        "faster on CPUs with native bf16, AVX512-BF16 or AMX, and on GPUs; emulated, and several "
+        "times slower, on other CPUs), 'float32', or 'auto': bfloat16 where the device has it "
+        "natively, else float32. The fitted rows and the saved model stay float32.",
+        default="auto",
     )
 
 

@@ -62,9 +62,21 @@ def untie_output_embeddings(model) -> None:
         model.config.get_text_config().tie_word_embeddings = False
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively on ``device`` (a GPU with bf16; a CPU with
+    AVX512-BF16 or AMX, as oneDNN reports): elsewhere they are emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def in_dtype(model, forward_dtype: str):
     """``model`` itself when its weights are in ``forward_dtype``, else a converted copy (the
-    frozen backbone's forward runs in it; the model being trained stays as it is)."""
+    frozen backbone's forward runs in it; the model being trained stays as it is). 'auto':
+    bfloat16 where the model's device has it natively, else float32."""
+    if forward_dtype == "auto":
+        device = next(model.parameters()).device
+        forward_dtype = "bfloat16" if native_bf16(device) else "float32"
     dtype = getattr(torch, forward_dtype)
     if next(model.parameters()).dtype != dtype:
         return copy.deepcopy(model).to(dtype)
