@@ -26,6 +26,7 @@ from assets.core.lakehouse import (
     connect,
     current_snapshot,
     lakehouse_connection,
+    lakehouse_from_env,
 )
 from assets.core.resources import (
     DbtCliResource,
@@ -101,6 +102,18 @@ def test_resources_from_env_pass_the_catalog_dsn_and_keys_as_env_vars() -> None:
     assert default.catalog_dsn is None
     assert default.path.endswith("var/warehouse/lakehouse.sqlite")
     assert default.data_path == str(REPO / "var" / "lakehouse")
+
+
+def test_the_warehouse_resource_and_the_settings_describe_one_lakehouse() -> None:
+    env = {
+        "DD_STORAGE_ROOT": "s3://bucket/dd",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_REGION": "eu-west-1",
+    }
+    lake = resources_from_env(env)["warehouse"].lakehouse()
+    assert lake == lakehouse_from_env(env)
+    assert lake.s3 == S3Access("http://127.0.0.1:9000", region="eu-west-1")
+    assert lake.data_path == "s3://bucket/dd/lakehouse"
 
 
 WRITER = """
