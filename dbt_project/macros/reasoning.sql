@@ -23,7 +23,8 @@
                         <band>: <conclusion>.' from the (word, conclusion) pairs `above` and
                         `below`, or 'within the +/-k sigma <band>: <inside>.'; its claim is
                         band_claim(claim_name, ...).
-  decision_step(index)  the closing step from the columns action and size.
+  decision_step(index)  the closing step from the columns action and size (index: an SQL
+                        expression, e.g. a number).
   reasoning_steps_type()  the SQL type of a trace: a LIST of the step STRUCT.
   signal_size()         the size of a signal rule: 0 for hold, else
                         least(size_cap, size_per_sigma * |signal|) at 4 decimals.
