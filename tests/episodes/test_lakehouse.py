@@ -18,8 +18,8 @@ import dagster as dg
 import pytest
 from helpers import dbt
 from helpers.bars import regime_bars, write_raw_bars
+from helpers.resources import dbt_resource
 
-from assets.core.dbt import dbt_project
 from assets.core.lakehouse import (
     Lakehouse,
     S3Access,
@@ -29,10 +29,8 @@ from assets.core.lakehouse import (
     lakehouse_from_env,
 )
 from assets.core.resources import (
-    DbtCliResource,
     StorageResource,
     WarehouseResource,
-    dbt_executable,
     resources_from_env,
 )
 from assets.core.storage import Storage
@@ -230,7 +228,7 @@ def test_dbt_on_s3_with_a_postgres_catalog_and_exports_replay_from_their_snapsho
             s3_endpoint_url=s3_server,
             **keys,
         ),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
+        "dbt": dbt_resource(),
     }
     marts_and_exports = [dataset_models, *dataset_files]
 
