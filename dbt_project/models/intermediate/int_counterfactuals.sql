@@ -128,12 +128,7 @@ first_rank_of_day as (
 
 window_points as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         regime,
         vol_20,
         bar_date - {{ lookback_days }} as analog_first_date
@@ -289,12 +284,7 @@ outcomes as (
 realized as (
     select
         decisions.episode_id,
-        decisions.decision_point_id,
-        decisions.symbol,
-        decisions.bar_interval,
-        decisions.ts,
-        decisions.decision_ts,
-        decisions.bar_date,
+        {{ decision_point_columns('decisions') }},
         decisions.policy_id,
         decisions.policy_version,
         decisions.action,
@@ -391,12 +381,7 @@ compared as (
 final as (
     select
         episode_id,
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         policy_id,
         policy_version,
         action,

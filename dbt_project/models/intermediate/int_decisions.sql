@@ -270,12 +270,7 @@ final as (
             || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
             || '|' || policy_id || '|' || cast(policy_version as varchar)
         ) as episode_id,
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         policy_id,
         policy_version,
         action,

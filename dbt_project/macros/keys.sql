@@ -1,0 +1,24 @@
+{#-
+  Keys of the episode models.
+
+  same_keys(left, right, keys): the join condition that the relations `left` and `right` agree
+  on every column of `keys`, "left.k = right.k and ..."; by default the bar's key
+  (symbol, bar_interval, ts).
+
+  decision_point_columns(relation): the columns that name a decision point and place it in
+  time, as int_decision_points has them: decision_point_id, symbol, bar_interval, ts,
+  decision_ts, bar_date (of `relation` when given). Every decision row (int_decisions,
+  int_recorded_decisions, int_counterfactuals) opens with them.
+-#}
+{% macro same_keys(left, right, keys=['symbol', 'bar_interval', 'ts']) -%}
+    {%- for key in keys -%}
+        {{ ' and ' if not loop.first }}{{ left }}.{{ key }} = {{ right }}.{{ key }}
+    {%- endfor -%}
+{%- endmacro %}
+
+{% macro decision_point_columns(relation=none) -%}
+    {%- set columns = ['decision_point_id', 'symbol', 'bar_interval', 'ts', 'decision_ts', 'bar_date'] -%}
+    {%- for column in columns -%}
+        {{ relation ~ '.' if relation }}{{ column }}{{ ', ' if not loop.last }}
+    {%- endfor -%}
+{%- endmacro %}
