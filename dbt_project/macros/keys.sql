@@ -9,6 +9,10 @@
   time, as int_decision_points has them: decision_point_id, symbol, bar_interval, ts,
   decision_ts, bar_date (of `relation` when given). Every decision row (int_decisions,
   int_recorded_decisions, int_counterfactuals) opens with them.
+
+  trace_columns(relation): the columns that name a reasoning trace (an episode's original
+  trace or its perturbed copy): trace_id, episode_id, is_perturbed, perturbation,
+  faulty_step_index (of `relation` when given). The step label models and ds_prm open with them.
 -#}
 {% macro same_keys(left, right, keys=['symbol', 'bar_interval', 'ts']) -%}
     {%- for key in keys -%}
@@ -17,7 +21,19 @@
 {%- endmacro %}
 
 {% macro decision_point_columns(relation=none) -%}
-    {%- set columns = ['decision_point_id', 'symbol', 'bar_interval', 'ts', 'decision_ts', 'bar_date'] -%}
+    {{ column_list(
+        ['decision_point_id', 'symbol', 'bar_interval', 'ts', 'decision_ts', 'bar_date'], relation
+    ) }}
+{%- endmacro %}
+
+{% macro trace_columns(relation=none) -%}
+    {{ column_list(
+        ['trace_id', 'episode_id', 'is_perturbed', 'perturbation', 'faulty_step_index'], relation
+    ) }}
+{%- endmacro %}
+
+{#- "c1, c2, ...", each of `relation` when given. -#}
+{% macro column_list(columns, relation=none) -%}
     {%- for column in columns -%}
         {{ relation ~ '.' if relation }}{{ column }}{{ ', ' if not loop.last }}
     {%- endfor -%}
