@@ -5,6 +5,9 @@
   on every column of `keys`, "left.k = right.k and ..."; by default the bar's key
   (symbol, bar_interval, ts).
 
+  bar_columns(relation): the bar's key and day, symbol, bar_interval, ts, bar_date (of `relation`
+  when given), as int_bars has them.
+
   decision_point_columns(relation): the columns that name a decision point and place it in
   time, as int_decision_points has them: decision_point_id, symbol, bar_interval, ts,
   decision_ts, bar_date (of `relation` when given). Every decision row (int_decisions,
@@ -18,6 +21,10 @@
     {%- for key in keys -%}
         {{ ' and ' if not loop.first }}{{ left }}.{{ key }} = {{ right }}.{{ key }}
     {%- endfor -%}
+{%- endmacro %}
+
+{% macro bar_columns(relation=none) -%}
+    {{ column_list(['symbol', 'bar_interval', 'ts', 'bar_date'], relation) }}
 {%- endmacro %}
 
 {% macro decision_point_columns(relation=none) -%}

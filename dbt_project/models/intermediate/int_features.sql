@@ -118,10 +118,7 @@ spreads as (
 
 features as (
     select
-        symbol,
-        bar_interval,
-        ts,
-        bar_date,
+        {{ bar_columns() }},
         close,
         bars_seen,
         source_hashes,
