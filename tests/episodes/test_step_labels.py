@@ -165,7 +165,9 @@ def test_recorded_decisions_attach_to_the_latest_point_before_them(built: dict) 
     steps = [dict(s) for s in recorded.loc["d-1", "reasoning_steps"]]
     assert [s["kind"] for s in steps] == ["observation"] * 3 + ["inference", "decision"]
     assert steps[3]["text"] == "Strong trend." and steps[4]["claim"] == "action=buy;size=0.5000"
-    assert len(recorded.loc["d-2", "reasoning_steps"]) == 4  # no rationale step
+    assert [s["step_index"] for s in steps] == [1, 2, 3, 4, 5]
+    no_rationale = [dict(s) for s in recorded.loc["d-2", "reasoning_steps"]]
+    assert [(s["step_index"], s["kind"]) for s in no_rationale[3:]] == [(4, "decision")]
     # Both matched decisions are episodes with counterfactuals and labelled traces.
     episodes = set(recorded["episode_id"].dropna())
     assert episodes <= set(built["counterfactuals"]["episode_id"])

@@ -275,10 +275,7 @@ final as (
         policy_version,
         action,
         size,
-        cast(
-            reasoning_steps || [{{ decision_step('len(reasoning_steps) + 1') }}]
-            as {{ reasoning_steps_type() }}
-        ) as reasoning_steps,
+        {{ closed_trace('reasoning_steps') }} as reasoning_steps,
         source_hashes
     from decisions
 )
