@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,25 @@ def choice_summary(scores: pd.DataFrame) -> dict[str, float]:
 # ---------------------------------------------------------------- decisions
 
 
+class _FlatMetrics:
+    """``as_dict(prefix)``: a result's metrics as flat floats to log: its number fields (ints as
+    floats) in field order, then the entries of its dict fields keyed ``<flat_prefix><key>``
+    (the field's metadata); the items frame is left out."""
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        scalars: dict[str, float] = {}
+        entries: dict[str, float] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                entries.update({f"{f.metadata['flat_prefix']}{k}": v for k, v in value.items()})
+            elif isinstance(value, Real):
+                scalars[f.name] = float(value)
+        return {f"{prefix}{k}": v for k, v in {**scalars, **entries}.items()}
+
+
 @dataclass
-class DecisionMetrics:
+class DecisionMetrics(_FlatMetrics):
     """Generated decisions of a policy model on one split's decision points: the format metric.
 
     Decision quality is measured by likelihood (:func:`choice_scores`); generation only tells
@@ -159,21 +177,9 @@ class DecisionMetrics:
     accuracy: float
     well_formed: float
     mean_steps: float
-    action_distribution: dict[str, float]
+    action_distribution: dict[str, float] = field(metadata={"flat_prefix": "action_"})
     majority_accuracy: float
     items: pd.DataFrame = field(repr=False)
-
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        flat = {
-            "n": float(self.n),
-            "n_scored": float(self.n_scored),
-            "accuracy": self.accuracy,
-            "well_formed": self.well_formed,
-            "mean_steps": self.mean_steps,
-            "majority_accuracy": self.majority_accuracy,
-        }
-        flat.update({f"action_{k}": v for k, v in self.action_distribution.items()})
-        return {f"{prefix}{k}": v for k, v in flat.items()}
 
 
 def decision_metrics(
@@ -242,7 +248,7 @@ def decision_metrics(
 
 
 @dataclass
-class PreferenceMetrics:
+class PreferenceMetrics(_FlatMetrics):
     """How a model ranks the chosen and rejected completions of preference pairs.
 
     n: pairs.
@@ -259,10 +265,6 @@ class PreferenceMetrics:
     accuracy: float
     mean_margin: float
     items: pd.DataFrame = field(repr=False)
-
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        flat = {"n": float(self.n), "accuracy": self.accuracy, "mean_margin": self.mean_margin}
-        return {f"{prefix}{k}": v for k, v in flat.items()}
 
 
 def preference_metrics(
@@ -343,7 +345,7 @@ def f1_score(labels: Sequence[bool] | np.ndarray, predicted: Sequence[bool] | np
 
 
 @dataclass
-class PrmMetrics:
+class PrmMetrics(_FlatMetrics):
     """A PRM's step scores against the step labels of ``ds_prm`` traces.
 
     n_traces, n_steps: traces and steps scored.
@@ -370,19 +372,6 @@ class PrmMetrics:
     faulty_step_found: float
     faulty_step_chance: float
     items: pd.DataFrame = field(repr=False)
-
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        flat = {
-            "n_traces": float(self.n_traces),
-            "n_steps": float(self.n_steps),
-            "auc": self.auc,
-            "f1": self.f1,
-            "f1_faulty": self.f1_faulty,
-            "n_perturbed": float(self.n_perturbed),
-            "faulty_step_found": self.faulty_step_found,
-            "faulty_step_chance": self.faulty_step_chance,
-        }
-        return {f"{prefix}{k}": v for k, v in flat.items()}
 
 
 def _is_set(value: Any) -> bool:

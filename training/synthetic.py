@@ -44,14 +44,24 @@ def _filler(rng: random.Random, lines: int) -> str:
     return "".join(f"\n{rng.choice(names)}={rng.uniform(-1, 1):.6f}" for _ in range(lines))
 
 
+def _prompt(rng: random.Random, symbol: str, ts: str, says: str, context_lines: int) -> str:
+    """'<symbol> <day>: <says>.', then ``context_lines`` filler lines."""
+    return f"{symbol} {ts[:10]}: {says}.{_filler(rng, context_lines)}"
+
+
+def _coin(rng: random.Random, heads: str, tails: str) -> tuple[bool, str]:
+    """A fair coin: whether it came up heads, and the word for the side it came up."""
+    flip = rng.random() < 0.5
+    return flip, heads if flip else tails
+
+
 def sft_frame(n: int = 200, seed: int = 0, context_lines: int = 0) -> pd.DataFrame:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         symbol, ts = _context(rng, i)
-        up = rng.random() < 0.5
-        signal = "up" if up else "down"
-        prompt = f"{symbol} {ts[:10]}: signal {signal}.{_filler(rng, context_lines)}"
+        up, signal = _coin(rng, "up", "down")
+        prompt = _prompt(rng, symbol, ts, f"signal {signal}", context_lines)
         completion = f"{'buy' if up else 'sell'} 0.5000 of capital\nSignal {signal}."
         rows.append(
             {
@@ -73,9 +83,8 @@ def dpo_frame(n: int = 200, seed: int = 0, context_lines: int = 0) -> pd.DataFra
     rows = []
     for i in range(n):
         symbol, ts = _context(rng, i)
-        high = rng.random() < 0.5
-        risk = "high" if high else "low"
-        prompt = f"{symbol} {ts[:10]}: risk {risk}.{_filler(rng, context_lines)}"
+        high, risk = _coin(rng, "high", "low")
+        prompt = _prompt(rng, symbol, ts, f"risk {risk}", context_lines)
         hold, buy = f"hold: no trade\nRisk {risk}.", f"buy 0.5000 of capital\nRisk {risk}."
         chosen, rejected = (hold, buy) if high else (buy, hold)
         rows.append(
@@ -102,7 +111,7 @@ def prm_frame(n: int = 200, seed: int = 0, context_lines: int = 0) -> pd.DataFra
         n_steps = rng.randint(3, 5)
         values = [rng.uniform(-2, 2) for _ in range(n_steps - 1)]
         original = [f"Reading {k + 1} is {v:+.2f}." for k, v in enumerate(values)]
-        prompt = f"{symbol} {ts[:10]}: reason step by step.{_filler(rng, context_lines)}"
+        prompt = _prompt(rng, symbol, ts, "reason step by step", context_lines)
         original.append("hold: no trade")
         episode = _hash("prm", seed, e)
         for perturbed in (False, True):

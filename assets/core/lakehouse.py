@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
@@ -60,6 +61,18 @@ class S3Access:
     key_id: str | None = None
     secret: str | None = field(default=None, repr=False)
     region: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> S3Access:
+        """From anything that names the S3 settings as assets.core.settings.Settings does
+        (``s3_endpoint_url``, ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_region``):
+        the settings themselves, or the warehouse resource."""
+        return cls(
+            endpoint_url=settings.s3_endpoint_url,
+            key_id=settings.aws_access_key_id,
+            secret=settings.aws_secret_access_key,
+            region=settings.aws_region,
+        )
 
     def secret_sql(self, name: str = "dd_s3") -> str:
         """``CREATE OR REPLACE SECRET``: keys when given; a custom endpoint gets path-style
@@ -124,12 +137,7 @@ def lakehouse_from_settings(settings) -> Lakehouse:  # settings: assets.core.set
         catalog=settings.lakehouse_catalog,
         data_path=settings.lakehouse_data_path,
         catalog_dsn=settings.lakehouse_catalog_dsn,
-        s3=S3Access(
-            endpoint_url=settings.s3_endpoint_url,
-            key_id=settings.aws_access_key_id,
-            secret=settings.aws_secret_access_key,
-            region=settings.aws_region,
-        ),
+        s3=S3Access.of(settings),
     )
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 from dagster_dbt import DbtCliResource
@@ -31,6 +32,7 @@ from assets.core.settings import (
     DEFAULT_TRAINING_PROFILE,
     DEFAULT_TRAINING_ROOT,
     REPO_ROOT,
+    Settings,
     settings_from_env,
 )
 from assets.core.storage import Storage
@@ -97,12 +99,7 @@ class WarehouseResource(ConfigurableResource):
             catalog=self.path,
             data_path=self.data_path,
             catalog_dsn=self.catalog_dsn,
-            s3=S3Access(
-                endpoint_url=self.s3_endpoint_url,
-                key_id=self.aws_access_key_id,
-                secret=self.aws_secret_access_key,
-                region=self.aws_region,
-            ),
+            s3=S3Access.of(self),
         )
 
     def dbt_env_vars(self) -> dict[str, str]:
@@ -294,22 +291,22 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
         ),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
         "mlflow": MlflowResource(
-            tracking_uri=settings.mlflow_tracking_uri,
-            registry_uri=settings.mlflow_registry_uri,
-            artifact_location=settings.mlflow_artifact_location,
+            **_section(settings, "mlflow_", "tracking_uri", "registry_uri", "artifact_location"),
             s3_endpoint_url=settings.s3_endpoint_url,
             model_cache=settings.model_cache,
             **mlflow_secrets,
         ),
         "training": TrainingResource(
-            base_model=settings.training_base_model,
-            profile=settings.training_profile,
-            launch=settings.training_launch,
-            output_root=settings.training_output_root,
-            max_steps=settings.training_max_steps,
+            **_section(
+                settings, "training_", "base_model", "profile", "launch", "output_root", "max_steps"
+            )
         ),
         "retrain_settings": RetrainSettings(
-            min_new_mature_episodes=settings.retrain_min_new_mature_episodes,
-            paused=settings.retrain_paused,
+            **_section(settings, "retrain_", "min_new_mature_episodes", "paused")
         ),
     }
+
+
+def _section(settings: Settings, prefix: str, *names: str) -> dict[str, Any]:
+    """A resource's fields from the settings named ``<prefix><field>``: {field: value}."""
+    return {name: getattr(settings, prefix + name) for name in names}

@@ -32,6 +32,7 @@ import functools
 import itertools
 import json
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -729,19 +730,38 @@ def dataset_learnability(storage: Storage, name: str, **kwargs: Any) -> Any:
 EXPORT_CODE_VERSION = "1"
 
 
+def _lakehouse_check(
+    asset: str, name: str, description: str, blocking: bool = True
+) -> Callable[
+    [Callable[[duckdb.DuckDBPyConnection], dg.AssetCheckResult]], dg.AssetChecksDefinition
+]:
+    """The asset check ``name`` of ``asset`` made of a function of a read-only lakehouse
+    connection (the warehouse resource's)."""
+
+    def define(
+        evaluate: Callable[[duckdb.DuckDBPyConnection], dg.AssetCheckResult],
+    ) -> dg.AssetChecksDefinition:
+        @dg.asset_check(
+            asset=dg.AssetKey(asset), name=name, blocking=blocking, description=description
+        )
+        def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+            with lakehouse_connection(warehouse.lakehouse()) as con:
+                return evaluate(con)
+
+        return _check
+
+    return define
+
+
 def _contract_check(model: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=dg.AssetKey(model),
-        name="contract",
-        blocking=True,
-        description=(
-            f"pandera contract of {model}, each row checked against its episode in "
-            "fct_decision_episodes (types, ranges, alignment, split and embargo order)."
-        ),
+    description = (
+        f"pandera contract of {model}, each row checked against its episode in "
+        "fct_decision_episodes (types, ranges, alignment, split and embargo order)."
     )
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with lakehouse_connection(warehouse.lakehouse()) as con:
-            result = validate_model(con, model)
+
+    @_lakehouse_check(model, "contract", description)
+    def _check(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+        result = validate_model(con, model)
         return dg.AssetCheckResult(
             passed=result.passed, metadata={"rows": result.rows, **result.metadata()}
         )
@@ -749,18 +769,14 @@ def _contract_check(model: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-@dg.asset_check(
-    asset=dg.AssetKey("fct_decision_episodes"),
-    name="point_in_time",
-    blocking=True,
-    description=(
-        f"Leakage: {LEAKAGE_SAMPLE} seeded episodes' features recomputed from int_bars truncated "
-        "at their decision time (assets.episodes.point_in_time_features); any difference fails."
-    ),
+@_lakehouse_check(
+    "fct_decision_episodes",
+    "point_in_time",
+    f"Leakage: {LEAKAGE_SAMPLE} seeded episodes' features recomputed from int_bars truncated "
+    "at their decision time (assets.episodes.point_in_time_features); any difference fails.",
 )
-def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with lakehouse_connection(warehouse.lakehouse()) as con:
-        sample, mismatches = point_in_time_leaks(con)
+def point_in_time_check(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    sample, mismatches = point_in_time_leaks(con)
     return dg.AssetCheckResult(
         passed=mismatches.empty,
         metadata={
@@ -774,18 +790,15 @@ def point_in_time_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=dg.AssetKey("fct_step_labels"),
-    name="expert_agreement",
+@_lakehouse_check(
+    "fct_step_labels",
+    "expert_agreement",
+    "Expert-agreement report: steps rated by experts and the share whose expert hard label "
+    f"equals the automatic one, per kind; warns below {EXPERT_AGREEMENT_MIN:.0%}.",
     blocking=False,
-    description=(
-        "Expert-agreement report: steps rated by experts and the share whose expert hard label "
-        f"equals the automatic one, per kind; warns below {EXPERT_AGREEMENT_MIN:.0%}."
-    ),
 )
-def expert_agreement_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with lakehouse_connection(warehouse.lakehouse()) as con:
-        report = expert_agreement(con)
+def expert_agreement_check(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    report = expert_agreement(con)
     rate = report["agreement"]
     return dg.AssetCheckResult(
         passed=rate is None or rate >= EXPERT_AGREEMENT_MIN,

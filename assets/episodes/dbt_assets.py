@@ -10,6 +10,7 @@ upstream partitions change. dbt tests become asset checks.
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,30 +107,14 @@ def episode_models(
     window = context.partition_time_window
     window_vars = build_vars(window.start, window.end, storage.get().root)
     context.log.info(f"dbt build for {window_vars['min_date']}..{window_vars['max_date']}")
-    with warehouse.dbt_env():
-        # Staging views are definitions of the build window (which raw days to read) and seeds
-        # are configuration (policy parameters), not data: refresh both for this window
-        # whether or not they are selected, so a run of any subset (the automation sensor
-        # requests layer by layer) reads the right days and the current parameters.
-        refresh = dbt.cli(
-            [
-                "build",
-                "--select",
-                "staging resource_type:seed",
-                "--resource-type",
-                "model",
-                "--resource-type",
-                "seed",
-                "--vars",
-                json.dumps(window_vars),
-            ]
-        )
-        refresh.wait()
-        if not refresh.is_successful():
-            raise dg.Failure("refreshing staging views and seeds for the build window failed")
-        yield from dbt.cli(
-            ["build", "--vars", json.dumps(window_vars), *BUILD_FLAGS], context=context
-        ).stream()
+    # Staging views are definitions of the build window (which raw days to read) and seeds are
+    # configuration (policy parameters), not data: refresh both for this window whether or not
+    # they are selected, so a run of any subset (the automation sensor requests layer by layer)
+    # reads the right days and the current parameters.
+    refresh = ["build", "--select", "staging resource_type:seed"]
+    refresh += ["--resource-type", "model", "--resource-type", "seed"]
+    what = "staging views and seeds for the build window"
+    yield from _refresh_then_build(context, dbt, warehouse, window_vars, refresh, what)
 
 
 @dbt_assets(
@@ -149,18 +134,30 @@ def dataset_models(
     """The marts and stg_feedback: full tables, no build window (min_date and max_date keep
     their defaults; the intermediate models they read are not rebuilt here)."""
     window_vars = {"storage_root": storage.get().root}
+    # stg_feedback is a view whose SQL names the raw files present when it was created: refresh
+    # it for every run, selected or not, so the marts see every rating landed so far.
+    refresh = ["run", "--select", "stg_feedback"]
+    yield from _refresh_then_build(context, dbt, warehouse, window_vars, refresh, "stg_feedback")
+
+
+def _refresh_then_build(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+    window_vars: dict[str, Any],
+    refresh: list[str],
+    what: str,
+) -> Iterator[Any]:
+    """``dbt <refresh>`` (what every run needs, selected or not), then the run's own selection
+    as ``dbt build`` with its events streamed; both with ``window_vars`` and the lakehouse's
+    settings. A failed refresh fails the run ("refreshing <what> failed")."""
+    window = json.dumps(window_vars)
     with warehouse.dbt_env():
-        # stg_feedback is a view whose SQL names the raw files present when it was created:
-        # refresh it for every run, selected or not, so the marts see every rating landed so far.
-        refresh = dbt.cli(
-            ["run", "--select", "stg_feedback", "--vars", json.dumps(window_vars)],
-        )
-        refresh.wait()
-        if not refresh.is_successful():
-            raise dg.Failure("refreshing stg_feedback failed")
-        yield from dbt.cli(
-            ["build", "--vars", json.dumps(window_vars), *BUILD_FLAGS], context=context
-        ).stream()
+        refreshed = dbt.cli([*refresh, "--vars", window])
+        refreshed.wait()
+        if not refreshed.is_successful():
+            raise dg.Failure(f"refreshing {what} failed")
+        yield from dbt.cli(["build", "--vars", window, *BUILD_FLAGS], context=context).stream()
 
 
 def _seed_specs() -> list[dg.AssetSpec]:

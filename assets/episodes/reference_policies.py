@@ -183,12 +183,36 @@ def _band_claim(name: str, s: float, k: float) -> str:
     return f"{name}={fixed(s, 4)}<={fixed(k, 4)};{name}={fixed(s, 4)}>={fixed(-k, 4)}"
 
 
-def _band(s: float, k: float) -> str:
-    return "up" if s > k else "down" if s < -k else "inside"
+def _band_side(s: float, k: float, above: Any, below: Any, inside: Any = "hold") -> Any:
+    """``above`` when s > k, ``below`` when s < -k, else ``inside`` (a signal rule's action);
+    the macro band_side of int_decisions."""
+    return above if s > k else below if s < -k else inside
 
 
-def _size(policy: Policy, s: float) -> float:
+def _signal_size(policy: Policy, s: float, action: str) -> float:
+    """0 for hold, else min(size_cap, size_per_sigma * |s|) as rendered at 4 decimals."""
+    if action == "hold":
+        return 0.0
     return as_rendered(min(policy["size_cap"], policy["size_per_sigma"] * abs(s)), 4)
+
+
+def _band_inference(
+    index: int, implies: str | None, says: str, wording: tuple, s: float, k: float
+) -> Step:
+    """The inference placing s against the +/-k band, as the macro band_inference of
+    int_decisions: ``says``, then '<word> the +k sigma <band>: <conclusion>.' from the (word,
+    conclusion) pairs above and below, or 'within the +/-k sigma <band>: <inside>.'.
+    ``wording`` is (band, above, below, inside, claim name)."""
+    band, above, below, inside, claim_name = wording
+    bound = fixed(k, 2)
+    text = says + _band_side(
+        s,
+        k,
+        f"{above[0]} the +{bound} sigma {band}: {above[1]}.",
+        f"{below[0]} the -{bound} sigma {band}: {below[1]}.",
+        f"within the +/-{bound} sigma {band}: {inside}.",
+    )
+    return Step(index, "inference", text, _band_claim(claim_name, s, k), implies)
 
 
 def _decision_step(index: int, action: str, size: float) -> Step:
@@ -198,18 +222,36 @@ def _decision_step(index: int, action: str, size: float) -> Step:
 
 # ---------------------------------------------------------------- the rules
 
+# How each signal rule words its band inference (the arguments of band_inference in
+# int_decisions): (band, (word, conclusion) above it, (word, conclusion) below it, conclusion
+# inside it, claim name).
+MOMENTUM_BAND = (
+    "entry band",
+    ("above", "the trend is up"),
+    ("below", "the trend is down"),
+    "no clear trend",
+    "momentum_sigma",
+)
+STRETCH_BAND = (
+    "stretch band",
+    ("beyond", "expect a pullback"),
+    ("beyond", "expect a bounce"),
+    "not stretched",
+    "stretch_sigma",
+)
+BREAKOUT_BAND = (
+    "band",
+    ("above", "an upside breakout"),
+    ("below", "a downside breakout"),
+    "no breakout",
+    "trend_sigma",
+)
+
 
 def _momentum_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step]]:
     k = p["entry_sigma"]
     s = as_rendered(f["ret_20"] / (max(f["vol_20"], p["vol_floor"]) * math.sqrt(20)), 4)
-    band = _band(s, k)
-    action = {"up": "buy", "down": "sell", "inside": "hold"}[band]
-    head = f"20-bar momentum is {signed(s)} sigma"
-    text = {
-        "up": f"{head}, above the +{fixed(k, 2)} sigma entry band: the trend is up.",
-        "down": f"{head}, below the -{fixed(k, 2)} sigma entry band: the trend is down.",
-        "inside": f"{head}, within the +/-{fixed(k, 2)} sigma entry band: no clear trend.",
-    }[band]
+    action = _band_side(s, k, "buy", "sell")
     steps = [
         _observe(1, "ret_20", f["ret_20"], f"20-bar log return is {pct(f['ret_20'])}."),
         _vol_step(2, f["vol_20"]),
@@ -219,9 +261,9 @@ def _momentum_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
             f"Regime is {f['regime']}; the close is {pct(f['trend_gap_50'])} from its 50-bar mean.",
             f"regime={f['regime']};trend_gap_50={fixed(f['trend_gap_50'], 6)}",
         ),
-        Step(4, "inference", text, _band_claim("momentum_sigma", s, k), action),
+        _band_inference(4, action, f"20-bar momentum is {signed(s)} sigma, ", MOMENTUM_BAND, s, k),
     ]
-    return action, _size(p, s) if action != "hold" else 0.0, steps
+    return action, _signal_size(p, s, action), steps
 
 
 def _mean_reversion_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step]]:
@@ -230,14 +272,7 @@ def _mean_reversion_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, lis
     z1 = as_rendered(f["ret_1"] / v, 4)
     z5 = as_rendered(f["ret_5"] / (v * math.sqrt(5)), 4)
     s, which = (z1, "1-bar") if abs(z1) >= abs(z5) else (z5, "5-bar")
-    band = _band(s, k)
-    action = {"up": "sell", "down": "buy", "inside": "hold"}[band]
-    head = f"A {signed(s)} sigma move is"
-    text = {
-        "up": f"{head} beyond the +{fixed(k, 2)} sigma stretch band: expect a pullback.",
-        "down": f"{head} beyond the -{fixed(k, 2)} sigma stretch band: expect a bounce.",
-        "inside": f"{head} within the +/-{fixed(k, 2)} sigma stretch band: not stretched.",
-    }[band]
+    action = _band_side(s, k, "sell", "buy")
     steps = [
         _observe(1, "ret_1", f["ret_1"], f"Last bar's log return is {pct(f['ret_1'])}."),
         _observe(2, "ret_5", f["ret_5"], f"5-bar log return is {pct(f['ret_5'])}."),
@@ -249,9 +284,9 @@ def _mean_reversion_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, lis
             f"the {which} move is the larger.",
             f"move_1_sigma={fixed(z1, 4)};move_5_sigma={fixed(z5, 4)}",
         ),
-        Step(5, "inference", text, _band_claim("stretch_sigma", s, k), action),
+        _band_inference(5, action, f"A {signed(s)} sigma move is ", STRETCH_BAND, s, k),
     ]
-    return action, _size(p, s) if action != "hold" else 0.0, steps
+    return action, _signal_size(p, s, action), steps
 
 
 def _breakout_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step]]:
@@ -264,14 +299,8 @@ def _breakout_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
     range_ok = range_vols > range_min
     volume_ok = volume_z is not None and volume_z > volume_min
     confirmed = range_ok or volume_ok
-    band = _band(s, k)
-    action = {"up": "buy", "down": "sell", "inside": "hold"}[band] if confirmed else "hold"
-    head = f"The close is {signed(s)} sigma from its 50-bar mean"
-    trend_text = {
-        "up": f"{head}, above the +{fixed(k, 2)} sigma band: an upside breakout.",
-        "down": f"{head}, below the -{fixed(k, 2)} sigma band: a downside breakout.",
-        "inside": f"{head}, within the +/-{fixed(k, 2)} sigma band: no breakout.",
-    }[band]
+    trend = _band_side(s, k, "buy", "sell")
+    action = trend if confirmed else "hold"
     if volume_z is None:
         volume_step = Step(
             4,
@@ -314,16 +343,12 @@ def _breakout_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step
             f"The bar's high-low range is {upct(f['range_pct'])} of the close.",
         ),
         volume_step,
-        Step(
-            5,
-            "inference",
-            trend_text,
-            _band_claim("trend_sigma", s, k),
-            {"up": "buy", "down": "sell", "inside": "hold"}[band],
+        _band_inference(
+            5, trend, f"The close is {signed(s)} sigma from its 50-bar mean, ", BREAKOUT_BAND, s, k
         ),
         Step(6, "inference", confirm_text, confirm_claim, None if confirmed else "hold"),
     ]
-    return action, _size(p, s) if action != "hold" else 0.0, steps
+    return action, _signal_size(p, s, action), steps
 
 
 def _risk_off_v1(f: Mapping[str, Any], p: Policy) -> tuple[str, float, list[Step]]:

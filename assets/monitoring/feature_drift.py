@@ -25,7 +25,7 @@ them over time.
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import dagster as dg
@@ -90,14 +90,10 @@ class DriftConfig(dg.Config):
     )
 
     def policy(self) -> DriftPolicy:
-        return DriftPolicy(
-            psi_threshold=self.psi_threshold,
-            wasserstein_threshold=self.wasserstein_threshold,
-            js_threshold=self.js_threshold,
-            fdr_q=self.fdr_q,
-            min_rows=self.min_rows,
-            consecutive_windows=self.consecutive_windows,
-        )
+        """The DriftPolicy with every threshold this config sets (the fields of the same name);
+        the others keep the policy's defaults."""
+        names = [f.name for f in fields(DriftPolicy) if f.name in type(self).model_fields]
+        return DriftPolicy(**{name: getattr(self, name) for name in names})
 
 
 # ---------------------------------------------------------------- pure parts (tested alone)

@@ -28,30 +28,27 @@
     {%- endif %}
 {% endmacro %}
 
+{#-
+  raw_empty_columns(table): the columns of the raw table (RAW_SCHEMAS of
+  assets/ingestion/ingest.py, then the partition_date of the date= folder) as typed NULLs.
+-#}
 {% macro raw_empty_columns(table) %}
-    {%- if table == 'bars' -%}
-        null::varchar as symbol, null::timestamptz as ts, null::varchar as interval,
-        null::double as open, null::double as high, null::double as low,
-        null::double as close, null::double as volume, null::double as adj_close,
-        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
-        null::date as partition_date
-    {%- elif table == 'decisions' -%}
-        null::varchar as decision_id, null::varchar as agent_id, null::varchar as symbol,
-        null::timestamptz as ts, null::varchar as action, null::double as size,
-        null::varchar as rationale,
-        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
-        null::date as partition_date
-    {%- elif table == 'feedback' -%}
-        null::varchar as episode_id, null::bigint as step_index, null::bigint as rating,
-        null::varchar as rater_id, null::timestamptz as ts, null::varchar as comment,
-        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
-        null::date as partition_date
-    {%- elif table == 'trades' -%}
-        null::varchar as symbol, null::timestamptz as ts, null::bigint as trade_id,
-        null::double as price, null::double as size, null::varchar as side,
-        null::varchar as feed, null::varchar as source_file, null::varchar as source_hash,
-        null::date as partition_date
-    {%- else -%}
+    {%- set own_columns = {
+        'bars': 'symbol varchar, ts timestamptz, interval varchar, open double, high double, '
+            ~ 'low double, close double, volume double, adj_close double',
+        'decisions': 'decision_id varchar, agent_id varchar, symbol varchar, ts timestamptz, '
+            ~ 'action varchar, size double, rationale varchar',
+        'feedback': 'episode_id varchar, step_index bigint, rating bigint, rater_id varchar, '
+            ~ 'ts timestamptz, comment varchar',
+        'trades': 'symbol varchar, ts timestamptz, trade_id bigint, price double, size double, '
+            ~ 'side varchar',
+    } -%}
+    {%- if table not in own_columns -%}
         {{ exceptions.raise_compiler_error("raw_empty_columns: unknown raw table " ~ table) }}
     {%- endif -%}
+    {%- set lineage = 'feed varchar, source_file varchar, source_hash varchar, partition_date date' -%}
+    {%- for column in (own_columns[table] ~ ', ' ~ lineage).split(', ') -%}
+        {%- set name, type = column.split(' ') -%}
+        null::{{ type }} as {{ name }}{{ ', ' if not loop.last }}
+    {%- endfor -%}
 {% endmacro %}

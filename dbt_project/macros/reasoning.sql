@@ -23,7 +23,11 @@
                         <band>: <conclusion>.' from the (word, conclusion) pairs `above` and
                         `below`, or 'within the +/-k sigma <band>: <inside>.'; its claim is
                         band_claim(claim_name, ...).
-  decision_step(index)  the closing step from the columns action and size.
+  decision_step(index)  the closing step from the columns action and size (index: an SQL
+                        expression, e.g. a number).
+  closed_trace(steps)   the trace: the list column `steps` (the steps before the decision)
+                        and the closing decision_step, numbered after them, as
+                        reasoning_steps_type().
   reasoning_steps_type()  the SQL type of a trace: a LIST of the step STRUCT.
   signal_size()         the size of a signal rule: 0 for hold, else
                         least(size_cap, size_per_sigma * |signal|) at 4 decimals.
@@ -152,6 +156,13 @@
         when action = 'hold' then cast(0 as double)
         else {{ as_rendered('least(size_cap, size_per_sigma * abs(signal))', 4) }}
     end
+{%- endmacro %}
+
+{% macro closed_trace(steps) -%}
+    cast(
+        {{ steps }} || [{{ decision_step('len(' ~ steps ~ ') + 1') }}]
+        as {{ reasoning_steps_type() }}
+    )
 {%- endmacro %}
 
 {% macro reasoning_steps_type() -%}

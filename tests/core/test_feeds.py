@@ -289,6 +289,15 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
+def read_parquet(feed: FeedSpec, table: pa.Table, folder: Path, name: str) -> list[dict]:
+    """Canonical rows of ``table`` written as the Parquet file ``name``; no line rejected."""
+    path = folder / name
+    pq.write_table(table, path)
+    rows, rejects = read(feed, path)
+    assert rejects == []
+    return rows
+
+
 def test_csv_with_header_mapping_format_and_timezone(tmp_path: Path) -> None:
     feed = parse_feed(
         {
@@ -478,11 +487,7 @@ def test_parquet_reader(tmp_path: Path) -> None:
             "v": pa.array([10, 20], pa.int32()),
         }
     )
-    path = tmp_path / "bars.parquet"
-    pq.write_table(table, path)
-    rows, rejects = read(feed, path)
-    assert rejects == []
-    assert rows == [
+    assert read_parquet(feed, table, tmp_path, "bars.parquet") == [
         {
             "symbol": "AAA",
             "ts": utc(2024, 1, 2, 14, 30),  # naive: New York wall time
@@ -508,7 +513,7 @@ def test_parquet_reader(tmp_path: Path) -> None:
     aware = parse_feed(
         {**feed_entry_of(feed), "columns": {**feed.columns, "ts": "aware"}, "name": "pq2"}
     )
-    rows, _ = read(aware, path)
+    rows, _ = read(aware, tmp_path / "bars.parquet")
     assert [r["ts"] for r in rows] == [utc(2024, 1, 2, 9, 30), utc(2024, 7, 2, 9, 30)]
 
 
@@ -747,10 +752,7 @@ def test_decisions_parquet_reader_with_constant_symbol(tmp_path: Path) -> None:
             "frac": pa.array([0.5, 0], pa.float32()),
         }
     )
-    path = tmp_path / "x.parquet"
-    pq.write_table(table, path)
-    rows, rejects = read(feed, path, name="AAPL-2024.parquet")
-    assert rejects == []
+    rows = read_parquet(feed, table, tmp_path, "AAPL-2024.parquet")
     assert rows == [
         {
             "decision_id": "1",
@@ -815,11 +817,7 @@ def test_feedback_parquet_reader(tmp_path: Path) -> None:
             "note": [None, "ok"],
         }
     )
-    path = tmp_path / "f.parquet"
-    pq.write_table(table, path)
-    rows, rejects = read(feed, path)
-    assert rejects == []
-    assert rows == [
+    assert read_parquet(feed, table, tmp_path, "f.parquet") == [
         {
             "episode_id": "ep-1",
             "step_index": 1.0,

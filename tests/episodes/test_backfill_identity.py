@@ -14,14 +14,7 @@ from datetime import date, timedelta
 
 import pytest
 from helpers import dbt
-from helpers.bars import (
-    END,
-    START,
-    perturbed_bars,
-    recorded_decisions,
-    write_raw_bars,
-    write_raw_decisions,
-)
+from helpers.bars import END, START, write_episode_inputs
 
 from assets.core.lakehouse import connect
 
@@ -64,18 +57,15 @@ def digests(path) -> dict[str, tuple[int, str]]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("backfill_root")
-    bars = perturbed_bars(11)
-    write_raw_bars(root, bars)
-    write_raw_decisions(root, recorded_decisions(bars))
+    write_episode_inputs(root, 11)
     return root
 
 
 def build(work, root, windows: list[tuple[date, date]]) -> dict[str, tuple[int, str]]:
     """The episode models built window by window (no data tests); their digests."""
-    steps = dbt.window_steps(
-        work / "warehouse.duckdb", root, "+int_step_labels", windows, *NO_TESTS
+    dbt.build_windows(
+        work, "build", work / "warehouse.duckdb", root, "+int_step_labels", windows, *NO_TESTS
     )
-    dbt.run_plan(work, "build", steps, dbt.CAUTIOUS)
     return digests(work / "warehouse.duckdb")
 
 

@@ -44,7 +44,9 @@ def build(work: Path, name: str, windows: list[tuple[date, date]], tests: bool) 
     """``dbt build --select +int_counterfactuals`` of each window in turn on <name>.duckdb;
     every data test too, or none."""
     skip = [] if tests else ["--exclude-resource-type", "test"]
-    steps = dbt.window_steps(
+    dbt.build_windows(
+        work,
+        name,
         work / f"{name}.duckdb",
         work / "root",
         "+int_counterfactuals",
@@ -52,7 +54,6 @@ def build(work: Path, name: str, windows: list[tuple[date, date]], tests: bool) 
         *skip,
         lookback_days=LOOKBACK,
     )
-    dbt.run_plan(work, name, steps, dbt.CAUTIOUS)
 
 
 def normalized(frame: pd.DataFrame) -> pd.DataFrame:

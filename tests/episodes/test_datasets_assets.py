@@ -19,15 +19,13 @@ import pandas as pd
 import pytest
 from helpers import dbt
 from helpers.bars import regime_bars, write_raw_bars
+from helpers.resources import local_resources
 
 from assets.core.dbt import dbt_project
 from assets.core.feeds import load_feeds
 from assets.core.lakehouse import lakehouse_connection
 from assets.core.resources import (
-    DbtCliResource,
     StorageResource,
-    WarehouseResource,
-    dbt_executable,
     resources_from_env,
 )
 from assets.episodes import datasets
@@ -42,14 +40,6 @@ MART_KEYS |= {"ds_prm"}
 FILE_KEYS = {f"{model}_files" for model in datasets.DATASETS.values()}
 
 
-def _resources(root: Path, warehouse: Path) -> dict:
-    return {
-        "storage": StorageResource(root=str(root)),
-        "warehouse": WarehouseResource(path=str(warehouse)),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
-    }
-
-
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("datasets_assets")
@@ -59,7 +49,7 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> dict:
         work, warehouse, root, "build", "--select", "+ds_sft +ds_dpo +ds_prm",
         "--exclude", "marts stg_feedback", "--exclude-resource-type", "test",
     )  # fmt: skip
-    resources = _resources(root, warehouse)
+    resources = local_resources(root, warehouse)
     result = dg.materialize([dataset_models, *dataset_files, *dataset_checks], resources=resources)
     again = dg.materialize(dataset_files, resources=resources)
     return {"root": root, "warehouse": warehouse, "result": result, "again": again, "work": work}

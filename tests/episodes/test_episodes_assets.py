@@ -8,29 +8,15 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from helpers.resources import local_resources
 
-from assets.core.dbt import dbt_project
 from assets.core.feeds import load_feeds
 from assets.core.lakehouse import lakehouse_connection
-from assets.core.resources import (
-    DbtCliResource,
-    StorageResource,
-    WarehouseResource,
-    dbt_executable,
-)
 from assets.episodes.dbt_assets import episode_models
 from assets.ingestion.ingest import day_range, ingest_partitions
 from assets.ingestion.landing import default_feed_file, land_file
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _resources(root: str, warehouse: Path) -> dict:
-    return {
-        "storage": StorageResource(root=root),
-        "warehouse": WarehouseResource(path=str(warehouse)),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
-    }
 
 
 def test_asset_graph_links_raw_to_dbt_models():
@@ -52,7 +38,7 @@ def test_month_of_default_feed_builds_bars(local_storage, tmp_path):
 
     result = dg.materialize(
         [episode_models],
-        resources=_resources(local_storage.root, warehouse),
+        resources=local_resources(local_storage.root, warehouse),
         partition_key="2004-09-01",
     )
     assert result.success
@@ -87,7 +73,7 @@ def test_subset_run_refreshes_staging_views_for_its_window(local_storage, tmp_pa
     land_file(local_storage, feeds["bokeh-stocks"], default_feed_file())
     ingest_partitions(local_storage, feeds, "bars", day_range("2004-09-01", "2004-10-31"))
     warehouse = tmp_path / "wh.duckdb"
-    resources = _resources(local_storage.root, warehouse)
+    resources = local_resources(local_storage.root, warehouse)
     for month in ("2004-09-01", "2004-10-01"):
         result = dg.materialize(
             [episode_models], resources=resources, partition_key=month, selection=["int_bars"]

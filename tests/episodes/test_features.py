@@ -24,10 +24,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from helpers import dbt
 from helpers.bars import landed_hash, write_raw_bars
+from helpers.frames import assert_columns_match, read_export, sorted_by
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,15 +105,6 @@ def random_bars(
     return pd.DataFrame(rows, columns=columns).sort_values(["ts", "symbol", "interval"])
 
 
-def read_export(path: Path) -> pd.DataFrame:
-    frame = pq.read_table(path).to_pandas()
-    frame["bar_date"] = pd.to_datetime(frame["bar_date"])
-    for column in ("ts", "decision_ts"):
-        frame[column] = frame[column].dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-    frame["source_hashes"] = frame["source_hashes"].map(tuple)
-    return frame.sort_values(KEY, kind="stable").reset_index(drop=True)
-
-
 # ---------------------------------------------------------------- the builds (once per module)
 
 
@@ -171,7 +162,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ]
     dbt.run_plan(work, "features", steps, timeout=600)
     out = {
-        f"{name}_{table}": read_export(work / f"{name}_{table}.parquet")
+        f"{name}_{table}": read_export(
+            work / f"{name}_{table}.parquet",
+            KEY,
+            timestamps=("ts", "decision_ts"),
+            lists=("source_hashes",),
+        )
         for name in ("full", "before", "inc")
         for table in tables
     }
@@ -183,20 +179,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def assert_matches_oracle(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     """Same rows; exact keys, NULLs, regimes and warm; features equal to about 1e-9."""
-    assert len(actual) == len(expected)
-    actual, expected = actual.reset_index(drop=True), expected.reset_index(drop=True)
-    for column in EXACT_COLUMNS:
-        left, right = actual[column], expected[column]
-        same = (left == right) | (left.isna() & right.isna())
-        assert same.all(), f"{column}: {actual.loc[~same, [*KEY, column]].head()}"
-    for column in FEATURE_COLUMNS:
-        left, right = actual[column].to_numpy(float), expected[column].to_numpy(float)
-        same = np.isclose(left, right, rtol=1e-9, atol=1e-9) | (np.isnan(left) & np.isnan(right))
-        assert same.all(), f"{column}: {actual.loc[~same, [*KEY, column]].head()}"
+    assert_columns_match(
+        actual, expected, KEY, EXACT_COLUMNS, FEATURE_COLUMNS, rtol=1e-9, atol=1e-9
+    )
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(KEY, kind="stable").reset_index(drop=True)
+    return sorted_by(frame, KEY)
 
 
 def leaky_features(bars: pd.DataFrame, lookback_days: int) -> pd.DataFrame:

@@ -18,20 +18,19 @@ import dagster as dg
 import pytest
 from helpers import dbt
 from helpers.bars import regime_bars, write_raw_bars
+from helpers.resources import dbt_resource
 
-from assets.core.dbt import dbt_project
 from assets.core.lakehouse import (
     Lakehouse,
     S3Access,
     connect,
     current_snapshot,
     lakehouse_connection,
+    lakehouse_from_env,
 )
 from assets.core.resources import (
-    DbtCliResource,
     StorageResource,
     WarehouseResource,
-    dbt_executable,
     resources_from_env,
 )
 from assets.core.storage import Storage
@@ -101,6 +100,18 @@ def test_resources_from_env_pass_the_catalog_dsn_and_keys_as_env_vars() -> None:
     assert default.catalog_dsn is None
     assert default.path.endswith("var/warehouse/lakehouse.sqlite")
     assert default.data_path == str(REPO / "var" / "lakehouse")
+
+
+def test_the_warehouse_resource_and_the_settings_describe_one_lakehouse() -> None:
+    env = {
+        "DD_STORAGE_ROOT": "s3://bucket/dd",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_REGION": "eu-west-1",
+    }
+    lake = resources_from_env(env)["warehouse"].lakehouse()
+    assert lake == lakehouse_from_env(env)
+    assert lake.s3 == S3Access("http://127.0.0.1:9000", region="eu-west-1")
+    assert lake.data_path == "s3://bucket/dd/lakehouse"
 
 
 WRITER = """
@@ -217,7 +228,7 @@ def test_dbt_on_s3_with_a_postgres_catalog_and_exports_replay_from_their_snapsho
             s3_endpoint_url=s3_server,
             **keys,
         ),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
+        "dbt": dbt_resource(),
     }
     marts_and_exports = [dataset_models, *dataset_files]
 

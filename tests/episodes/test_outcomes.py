@@ -25,15 +25,14 @@ month, range and single day equal the one-shot builds bit for bit.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from helpers import dbt
 from helpers.bars import landed_hash, write_raw_bars
+from helpers.frames import assert_columns_match, read_export, sorted_by
 
 KEY = ["symbol", "bar_interval", "ts"]
 EXACT_COLUMNS = [*KEY, "bar_date", "close", "matured_at", "is_mature", "outcome_source_hashes"]
@@ -118,17 +117,8 @@ def brute_force(bars: pd.DataFrame, horizons: list[int], lookahead_days: int) ->
 # ---------------------------------------------------------------- running dbt
 
 
-def read_export(path: Path) -> pd.DataFrame:
-    frame = pq.read_table(path).to_pandas()
-    frame["bar_date"] = pd.to_datetime(frame["bar_date"])
-    for column in ("ts", "matured_at"):
-        frame[column] = frame[column].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    frame["outcome_source_hashes"] = frame["outcome_source_hashes"].map(tuple)
-    return comparable(frame)
-
-
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(KEY, kind="stable").reset_index(drop=True)
+    return sorted_by(frame, KEY)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +168,17 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for name, proc in procs.items():
         (work / f"plan_{name}.log").write_text(dbt.wait(proc, timeout=600))
     names = ("full", "jan", "feb", "jan_again", "short", "short_split")
-    return {name: read_export(work / f"{name}.parquet") for name in names} | {"bars": bars}
+    exports = {
+        name: read_export(
+            work / f"{name}.parquet",
+            KEY,
+            timestamps=("ts", "matured_at"),
+            lists=("outcome_source_hashes",),
+            unit="us",
+        )
+        for name in names
+    }
+    return exports | {"bars": bars}
 
 
 # ---------------------------------------------------------------- helpers
@@ -186,16 +186,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def assert_matches(actual: pd.DataFrame, expected: pd.DataFrame, horizons: list[int]) -> None:
     """Same rows; exact keys, maturity and lineage; log returns equal to about 1e-12."""
-    assert len(actual) == len(expected)
-    for column in EXACT_COLUMNS:
-        left, right = actual[column], expected[column]
-        same = (left == right) | (left.isna() & right.isna())
-        assert same.all(), f"{column}:\n{actual.loc[~same, [*KEY, column]].head()}"
-    for h in horizons:
-        for column in (f"fwd_ret_{h}", f"fwd_path_min_{h}", f"fwd_path_max_{h}"):
-            left, right = actual[column].to_numpy(float), expected[column].to_numpy(float)
-            same = np.isclose(left, right, rtol=0, atol=1e-12) | (np.isnan(left) & np.isnan(right))
-            assert same.all(), f"{column}:\n{actual.loc[~same, [*KEY, column]].head()}"
+    returns = [f"fwd_{name}_{h}" for h in horizons for name in ("ret", "path_min", "path_max")]
+    assert_columns_match(actual, expected, KEY, EXACT_COLUMNS, returns, atol=1e-12)
 
 
 def assert_frame_same(left: pd.DataFrame, right: pd.DataFrame) -> None:

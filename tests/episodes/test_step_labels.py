@@ -17,14 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import dbt
-from helpers.bars import (
-    END,
-    START,
-    perturbed_bars,
-    recorded_decisions,
-    write_raw_bars,
-    write_raw_decisions,
-)
+from helpers.bars import END, START, write_episode_inputs
 
 from assets.ingestion.ingest import RAW_SCHEMAS
 
@@ -33,8 +26,9 @@ DECISION_SCHEMA = RAW_SCHEMAS["decisions"]
 
 
 def dbt_build(work: Path, root: Path, windows: list[tuple[date, date]], *extra: str) -> None:
-    steps = dbt.window_steps(work / "warehouse.duckdb", root, "+int_step_labels", windows, *extra)
-    dbt.run_plan(work, "build", steps, dbt.CAUTIOUS)
+    dbt.build_windows(
+        work, "build", work / "warehouse.duckdb", root, "+int_step_labels", windows, *extra
+    )
 
 
 def read(work: Path, sql: str) -> pd.DataFrame:
@@ -44,10 +38,7 @@ def read(work: Path, sql: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("step_labels")
-    bars = perturbed_bars(11)
-    decisions = recorded_decisions(bars)
-    write_raw_bars(work / "root", bars)
-    write_raw_decisions(work / "root", decisions)
+    _, decisions = write_episode_inputs(work / "root", 11)
     dbt_build(work, work / "root", [(START, END)])
     result = {
         "labels": read(work, "select * from int_step_labels"),
@@ -174,7 +165,9 @@ def test_recorded_decisions_attach_to_the_latest_point_before_them(built: dict) 
     steps = [dict(s) for s in recorded.loc["d-1", "reasoning_steps"]]
     assert [s["kind"] for s in steps] == ["observation"] * 3 + ["inference", "decision"]
     assert steps[3]["text"] == "Strong trend." and steps[4]["claim"] == "action=buy;size=0.5000"
-    assert len(recorded.loc["d-2", "reasoning_steps"]) == 4  # no rationale step
+    assert [s["step_index"] for s in steps] == [1, 2, 3, 4, 5]
+    no_rationale = [dict(s) for s in recorded.loc["d-2", "reasoning_steps"]]
+    assert [(s["step_index"], s["kind"]) for s in no_rationale[3:]] == [(4, "decision")]
     # Both matched decisions are episodes with counterfactuals and labelled traces.
     episodes = set(recorded["episode_id"].dropna())
     assert episodes <= set(built["counterfactuals"]["episode_id"])

@@ -136,3 +136,13 @@ def recorded_decisions(bars: pd.DataFrame) -> pd.DataFrame:
 
 def write_raw_decisions(root: Path, frame: pd.DataFrame) -> None:
     write_raw_table(root, "decisions", frame, frame["ts"].dt.strftime("%Y-%m-%d"))
+
+
+def write_episode_inputs(root: Path, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The raw inputs of the episode models under ``root``: :func:`perturbed_bars` and their
+    :func:`recorded_decisions`; returns both."""
+    bars = perturbed_bars(seed)
+    decisions = recorded_decisions(bars)
+    write_raw_bars(root, bars)
+    write_raw_decisions(root, decisions)
+    return bars, decisions

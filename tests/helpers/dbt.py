@@ -136,6 +136,22 @@ def run_plan(
     return wait(start_plan(work, name, steps, env), timeout)
 
 
+def build_windows(
+    work: Path,
+    name: str,
+    warehouse: Path | str,
+    root: Path | str,
+    select: str,
+    windows: list[tuple[Any, Any]],
+    *extra: str,
+    **variables: Any,
+) -> str:
+    """:func:`window_steps` run as the plan ``name``, with only the data tests whose every
+    parent is built (:data:`CAUTIOUS`)."""
+    steps = window_steps(warehouse, root, select, windows, *extra, **variables)
+    return run_plan(work, name, steps, CAUTIOUS)
+
+
 def target_path(work: Path, name: str = "dbt") -> Path:
     """Where the plan ``name`` (:func:`run`'s by default) left dbt's manifest and compiled SQL."""
     return work / f"target_{name}"

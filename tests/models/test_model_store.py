@@ -31,18 +31,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from helpers import pipeline
+from helpers.resources import local_resources
 from helpers.servers import free_port, serve
 
-from assets.core.dbt import dbt_project
 from assets.core.lakehouse import lakehouse_connection
 from assets.core.model_store import is_model_uri, local_path, resolve_model
 from assets.core.resources import (
-    DbtCliResource,
     MlflowResource,
-    StorageResource,
     TrainingResource,
-    WarehouseResource,
-    dbt_executable,
     resources_from_env,
 )
 from assets.core.settings import DEFAULT_ARTIFACT_LOCATION
@@ -381,11 +377,7 @@ def test_training_assets_on_s3_in_fresh_processes(
     root, warehouse, landed = pipeline.build_datasets(tmp_path)
     marts = dg.materialize(
         [dataset_models],
-        resources={
-            "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
-            "storage": StorageResource(root=str(root)),
-            "warehouse": WarehouseResource(path=str(warehouse)),
-        },
+        resources=local_resources(root, warehouse),
     )
     assert marts.success
     for rel in landed:

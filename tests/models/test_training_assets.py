@@ -22,18 +22,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from helpers.pipeline import OVERRIDES, build_datasets
+from helpers.resources import local_resources
 from safetensors.torch import load_file
 
-from assets.core.dbt import dbt_project
 from assets.core.feeds import load_feeds
 from assets.core.resources import (
-    DbtCliResource,
     FeedsResource,
     MlflowResource,
-    StorageResource,
     TrainingResource,
-    WarehouseResource,
-    dbt_executable,
     resources_from_env,
 )
 from assets.core.storage import Storage
@@ -66,18 +62,17 @@ def training_resource(work: Path, launch: str = "in_process") -> TrainingResourc
 
 
 def resources(work: Path, launch: str = "in_process", tracking_uri: str | None = None) -> dict:
-    return {
-        "storage": StorageResource(root=str(work / "root")),
-        "feeds": FeedsResource(path=str(work / "feeds.yaml")),
-        "warehouse": WarehouseResource(path=str(work / "warehouse.duckdb")),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=dbt_executable()),
-        "mlflow": MlflowResource(
+    return local_resources(
+        work / "root",
+        work / "warehouse.duckdb",
+        feeds=FeedsResource(path=str(work / "feeds.yaml")),
+        mlflow=MlflowResource(
             tracking_uri=tracking_uri or f"sqlite:///{work / 'mlflow.db'}",
             artifact_location=str(work / "mlartifacts"),
             model_cache=str(work / "model-cache"),
         ),
-        "training": training_resource(work, launch),
-    }
+        training=training_resource(work, launch),
+    )
 
 
 def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:

@@ -17,7 +17,7 @@ import pytest
 
 from assets.core.lakehouse import lakehouse_connection
 from assets.core.resources import RetrainSettings, WarehouseResource
-from assets.monitoring.drift_stats import WindowResult, compare_windows
+from assets.monitoring.drift_stats import DriftPolicy, WindowResult, compare_windows
 from assets.monitoring.feature_drift import (
     DRIFT_KEY,
     DriftConfig,
@@ -183,6 +183,15 @@ def test_shift_after_the_champion_snapshot_triggers_once_after_two_windows(tmp_p
     assert json.loads(json.dumps(third["drift_state"]))["state"]["triggers"] == 1
     # New data: every mature episode after the newest decision of the champion's dataset.
     assert second["new_mature_episodes"] == 2 * (1800 - 1101)
+
+
+def test_the_config_sets_the_policy_thresholds_it_names():
+    assert DriftConfig().policy() == DriftPolicy()
+    thresholds = {"psi_threshold": 0.3, "wasserstein_threshold": 0.7, "js_threshold": 0.1}
+    thresholds |= {"fdr_q": 0.01, "min_rows": 50, "consecutive_windows": 3}
+    policy = DriftConfig(**thresholds, window_rows=10).policy()
+    assert policy == DriftPolicy(**thresholds)
+    assert policy.clear_windows == DriftPolicy.clear_windows  # not a setting of the config
 
 
 def test_a_new_champion_resets_the_detector():

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -53,9 +54,15 @@ def data_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _config(cls, data_file: Path, out: Path, train: dict, **extra):
+def _config(cls, data_dir: Path, out: Path, train: dict, **extra):
+    """The stage config ``cls`` on the synthetic ``<data_dir>/<stage>.parquet``, writing under
+    ``out``: ``train`` and ``extra`` over small defaults."""
     raw = {
-        "data": {"files": [str(data_file)], "eval_split": "test", "system_prompt": ""},
+        "data": {
+            "files": [str(data_dir / f"{cls.stage}.parquet")],
+            "eval_split": "test",
+            "system_prompt": "",
+        },
         "train": {
             "output_dir": str(out),
             "lr_scheduler_type": "constant",
@@ -67,6 +74,14 @@ def _config(cls, data_file: Path, out: Path, train: dict, **extra):
     }
     raw.setdefault("model", {"name_or_path": "tiny"})
     return cls.from_dict(raw)
+
+
+def _trained(train, cfg) -> tuple[Any, Any, list[tuple[int, dict]]]:
+    """``train(cfg, LINEAGE)`` (train_sft, train_dpo or train_prm) with its log entries
+    collected: (cfg, result, [(step, entry), ...])."""
+    logs: list[tuple[int, dict]] = []
+    result = train(cfg, LINEAGE, on_log=lambda step, entry: logs.append((step, entry)))
+    return cfg, result, logs
 
 
 def test_synthetic_frames_follow_the_dataset_contract():
@@ -206,10 +221,9 @@ def test_every_config_field_has_help(cls):
 def sft_run(data_dir, tmp_path_factory):
     from training.sft import train_sft
 
-    logs: list[tuple[int, dict]] = []
     cfg = _config(
         SFTStageConfig,
-        data_dir / "sft.parquet",
+        data_dir,
         tmp_path_factory.mktemp("sft"),
         {
             # Decision-first: the first answer token must be read off the prompt, which the
@@ -222,8 +236,7 @@ def sft_run(data_dir, tmp_path_factory):
         eval_generate_samples=30,
         max_new_tokens=16,
     )
-    result = train_sft(cfg, LINEAGE, on_log=lambda step, entry: logs.append((step, entry)))
-    return cfg, result, logs
+    return _trained(train_sft, cfg)
 
 
 def test_sft_logs_loss_and_writes_a_checkpoint(sft_run):
@@ -286,18 +299,16 @@ def dpo_run(sft_run, data_dir, tmp_path_factory):
     from training.dpo import train_dpo
 
     _, sft_result, _ = sft_run
-    logs: list[tuple[int, dict]] = []
     cfg = _config(
         DPOStageConfig,
-        data_dir / "dpo.parquet",
+        data_dir,
         tmp_path_factory.mktemp("dpo"),
         {"max_steps": 25, "learning_rate": 3e-3, "per_device_train_batch_size": 8},
         model={"name_or_path": ""},
         sft_checkpoint=sft_result.checkpoint_dir,
         beta=0.1,
     )
-    result = train_dpo(cfg, LINEAGE, on_log=lambda step, entry: logs.append((step, entry)))
-    return cfg, result, logs
+    return _trained(train_dpo, cfg)
 
 
 def test_dpo_raises_preference_accuracy_on_held_out_pairs(dpo_run):
@@ -336,16 +347,14 @@ def test_dpo_starts_from_sft_and_reloads_to_generate(dpo_run, sft_run):
 def prm_run(data_dir, tmp_path_factory):
     from training.prm import train_prm
 
-    logs: list[tuple[int, dict]] = []
     cfg = _config(
         PRMStageConfig,
-        data_dir / "prm.parquet",
+        data_dir,
         tmp_path_factory.mktemp("prm"),
         {"max_steps": 60, "learning_rate": 3e-3, "per_device_train_batch_size": 16},
         label_mode="hard",
     )
-    result = train_prm(cfg, LINEAGE, on_log=lambda step, entry: logs.append((step, entry)))
-    return cfg, result, logs
+    return _trained(train_prm, cfg)
 
 
 def test_prm_ranks_faulty_steps_below_correct_ones(prm_run, data_dir):
@@ -384,7 +393,7 @@ def test_prm_soft_labels_train_a_one_logit_head(data_dir, tmp_path):
 
     cfg = _config(
         PRMStageConfig,
-        data_dir / "prm.parquet",
+        data_dir,
         tmp_path,
         {"max_steps": 3, "learning_rate": 3e-3, "per_device_train_batch_size": 8},
         label_mode="soft",
@@ -512,7 +521,7 @@ def test_smollm2_fine_tunes_for_two_steps(data_dir, tmp_path):
     ensure_smollm2()  # converts on first use; later loads read the cached folder
     cfg = _config(
         SFTStageConfig,
-        data_dir / "sft.parquet",
+        data_dir,
         tmp_path,
         {"max_steps": 2, "learning_rate": 1e-5, "per_device_train_batch_size": 2},
         model={"name_or_path": "smollm2-135m-instruct"},

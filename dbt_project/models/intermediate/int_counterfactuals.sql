@@ -100,10 +100,7 @@ analogs as (
         / greatest(points.vol_20 * sqrt({{ max_h }}), 1e-4) as reward_sell
     from points
     inner join bar_outcomes
-        on
-            points.symbol = bar_outcomes.symbol
-            and points.bar_interval = bar_outcomes.bar_interval
-            and points.ts = bar_outcomes.ts
+        on {{ same_keys('points', 'bar_outcomes') }}
     where bar_outcomes.in_reach
 ),
 
@@ -131,12 +128,7 @@ first_rank_of_day as (
 
 window_points as (
     select
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         regime,
         vol_20,
         bar_date - {{ lookback_days }} as analog_first_date
@@ -153,9 +145,7 @@ latest as (
     from window_points
     asof left join ranked_analogs
         on
-            window_points.symbol = ranked_analogs.symbol
-            and window_points.bar_interval = ranked_analogs.bar_interval
-            and window_points.regime = ranked_analogs.regime
+            {{ same_keys('window_points', 'ranked_analogs', ['symbol', 'bar_interval', 'regime']) }}
             and window_points.decision_ts >= ranked_analogs.matured_at
 ),
 
@@ -169,9 +159,7 @@ bounds as (
     from latest
     asof left join first_rank_of_day
         on
-            latest.symbol = first_rank_of_day.symbol
-            and latest.bar_interval = first_rank_of_day.bar_interval
-            and latest.regime = first_rank_of_day.regime
+            {{ same_keys('latest', 'first_rank_of_day', ['symbol', 'bar_interval', 'regime']) }}
             and latest.analog_first_date <= first_rank_of_day.bar_date
 ),
 
@@ -205,11 +193,9 @@ environment as (
         round(corr(ranked_analogs.reward_buy, ranked_analogs.reward_sell), 10) as buy_sell_corr
     from analog_ranks
     inner join ranked_analogs
-        on
-            analog_ranks.symbol = ranked_analogs.symbol
-            and analog_ranks.bar_interval = ranked_analogs.bar_interval
-            and analog_ranks.regime = ranked_analogs.regime
-            and analog_ranks.analog_rank = ranked_analogs.analog_rank
+        on {{ same_keys(
+            'analog_ranks', 'ranked_analogs', ['symbol', 'bar_interval', 'regime', 'analog_rank']
+        ) }}
     group by analog_ranks.decision_point_id
 ),
 
@@ -298,12 +284,7 @@ outcomes as (
 realized as (
     select
         decisions.episode_id,
-        decisions.decision_point_id,
-        decisions.symbol,
-        decisions.bar_interval,
-        decisions.ts,
-        decisions.decision_ts,
-        decisions.bar_date,
+        {{ decision_point_columns('decisions') }},
         decisions.policy_id,
         decisions.policy_version,
         decisions.action,
@@ -342,10 +323,7 @@ realized as (
     from decisions
     inner join point_values on decisions.decision_point_id = point_values.decision_point_id
     left join outcomes
-        on
-            decisions.symbol = outcomes.symbol
-            and decisions.bar_interval = outcomes.bar_interval
-            and decisions.ts = outcomes.ts
+        on {{ same_keys('decisions', 'outcomes') }}
 ),
 
 judged as (
@@ -403,12 +381,7 @@ compared as (
 final as (
     select
         episode_id,
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         policy_id,
         policy_version,
         action,

@@ -41,7 +41,7 @@ policy_points as (
     cross join policies
 ),
 
--- momentum_v1 ----------------------------------------------------------------------------------
+-- signals of momentum_v1, mean_reversion_v1 and breakout_v1 ------------------------------------
 momentum_signals as (
     select
         *,
@@ -50,36 +50,6 @@ momentum_signals as (
     where rule = 'momentum_v1'
 ),
 
-momentum_actions as (
-    select
-        *,
-        {{ band_side('signal', 'entry_sigma', "'buy'", "'sell'") }} as action
-    from momentum_signals
-),
-
-momentum_sized as (
-    select
-        *,
-        {{ signal_size() }} as size
-    from momentum_actions
-),
-
-momentum as (
-    select
-        *,
-        [
-            {{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }},
-            {{ band_inference(
-                4, 'action', '20-bar momentum is {signal} sigma, ', 'entry band',
-                ['above', 'the trend is up'], ['below', 'the trend is down'], 'no clear trend',
-                'momentum_sigma'
-            ) }},
-            {{ decision_step(5) }}
-        ] as reasoning_steps
-    from momentum_sized
-),
-
--- mean_reversion_v1 ----------------------------------------------------------------------------
 mean_reversion_moves as (
     select
         *,
@@ -97,46 +67,6 @@ mean_reversion_signals as (
     from mean_reversion_moves
 ),
 
-mean_reversion_actions as (
-    select
-        *,
-        {{ band_side('signal', 'entry_sigma', "'sell'", "'buy'") }} as action
-    from mean_reversion_signals
-),
-
-mean_reversion_sized as (
-    select
-        *,
-        {{ signal_size() }} as size
-    from mean_reversion_actions
-),
-
-mean_reversion as (
-    select
-        *,
-        [
-            {{ observation_steps(['ret_1', 'ret_5', 'vol_20']) }},
-            {
-                'step_index': 4,
-                'kind': 'inference',
-                'implies': cast(null as varchar),
-                'text': 'The 1-bar move is ' || {{ fmt_signed('move_1') }}
-                || ' sigma and the 5-bar move ' || {{ fmt_signed('move_5') }}
-                || ' sigma; the ' || larger_move || ' move is the larger.',
-                'claim': 'move_1_sigma=' || {{ fmt_fixed('move_1', 4) }}
-                || ';move_5_sigma=' || {{ fmt_fixed('move_5', 4) }}
-            },
-            {{ band_inference(
-                5, 'action', 'A {signal} sigma move is ', 'stretch band',
-                ['beyond', 'expect a pullback'], ['beyond', 'expect a bounce'], 'not stretched',
-                'stretch_sigma'
-            ) }},
-            {{ decision_step(6) }}
-        ] as reasoning_steps
-    from mean_reversion_sized
-),
-
--- breakout_v1 ----------------------------------------------------------------------------------
 breakout_signals as (
     select
         *,
@@ -156,23 +86,78 @@ breakout_confirmed as (
     from breakout_signals
 ),
 
-breakout_actions as (
+-- The signal rules' actions: the side of the +/-entry_sigma band their signal is on (a
+-- mean reversion trades against the move; a breakout only when confirmed), and their sizes.
+signals as (
+    select * from momentum_signals
+    union all by name
+    select * from mean_reversion_signals
+    union all by name
+    select * from breakout_confirmed
+),
+
+signal_actions as (
     select
         *,
         case
-            when not (range_ok or volume_ok) then 'hold'
+            when rule = 'mean_reversion_v1'
+                then {{ band_side('signal', 'entry_sigma', "'sell'", "'buy'") }}
+            when rule = 'breakout_v1' and not (range_ok or volume_ok) then 'hold'
             else {{ band_side('signal', 'entry_sigma', "'buy'", "'sell'") }}
         end as action
-    from breakout_confirmed
+    from signals
 ),
 
-breakout_sized as (
+signal_sized as (
     select
         *,
         {{ signal_size() }} as size
-    from breakout_actions
+    from signal_actions
 ),
 
+-- momentum_v1 ----------------------------------------------------------------------------------
+momentum as (
+    select
+        *,
+        [
+            {{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }},
+            {{ band_inference(
+                4, 'action', '20-bar momentum is {signal} sigma, ', 'entry band',
+                ['above', 'the trend is up'], ['below', 'the trend is down'], 'no clear trend',
+                'momentum_sigma'
+            ) }}
+        ] as reasoning_steps
+    from signal_sized
+    where rule = 'momentum_v1'
+),
+
+-- mean_reversion_v1 ----------------------------------------------------------------------------
+mean_reversion as (
+    select
+        *,
+        [
+            {{ observation_steps(['ret_1', 'ret_5', 'vol_20']) }},
+            {
+                'step_index': 4,
+                'kind': 'inference',
+                'implies': cast(null as varchar),
+                'text': 'The 1-bar move is ' || {{ fmt_signed('move_1') }}
+                || ' sigma and the 5-bar move ' || {{ fmt_signed('move_5') }}
+                || ' sigma; the ' || larger_move || ' move is the larger.',
+                'claim': 'move_1_sigma=' || {{ fmt_fixed('move_1', 4) }}
+                || ';move_5_sigma=' || {{ fmt_fixed('move_5', 4) }}
+            },
+            {{ band_inference(
+                5, 'action', 'A {signal} sigma move is ', 'stretch band',
+                ['beyond', 'expect a pullback'], ['beyond', 'expect a bounce'], 'not stretched',
+                'stretch_sigma'
+            ) }}
+        ] as reasoning_steps
+    from signal_sized
+    where rule = 'mean_reversion_v1'
+),
+
+-- breakout_v1 ----------------------------------------------------------------------------------
 breakout as (
     select
         *,
@@ -211,10 +196,10 @@ breakout as (
                 )
                 || ';confirmed='
                 || case when range_ok or volume_ok then 'true' else 'false' end
-            },
-            {{ decision_step(7) }}
+            }
         ] as reasoning_steps
-    from breakout_sized
+    from signal_sized
+    where rule = 'breakout_v1'
 ),
 
 -- risk_off_v1 ----------------------------------------------------------------------------------
@@ -261,8 +246,7 @@ risk_off as (
                 || ';vol_20=' || {{ fmt_fixed('vol_20', 6) }}
                 || case when high_vol then '>' else '<=' end
                 || {{ fmt_fixed('vol_max', 6) }}
-            },
-            {{ decision_step(4) }}
+            }
         ] as reasoning_steps
     from risk_off_actions
 ),
@@ -278,6 +262,7 @@ decisions as (
     select * from risk_off
 ),
 
+-- Every trace closes with the decision step (action and size), numbered after the rule's steps.
 final as (
     select
         md5(
@@ -285,17 +270,12 @@ final as (
             || strftime(timezone('UTC', decision_ts), '%Y-%m-%dT%H:%M:%S.%fZ')
             || '|' || policy_id || '|' || cast(policy_version as varchar)
         ) as episode_id,
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         policy_id,
         policy_version,
         action,
         size,
-        cast(reasoning_steps as {{ reasoning_steps_type() }}) as reasoning_steps,
+        {{ closed_trace('reasoning_steps') }} as reasoning_steps,
         source_hashes
     from decisions
 )

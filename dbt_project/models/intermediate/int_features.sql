@@ -78,10 +78,7 @@ recent as (
         ) as bars_seen
     from bars
     inner join days
-        on
-            bars.symbol = days.symbol
-            and bars.bar_interval = days.bar_interval
-            and bars.bar_date = days.bar_date
+        on {{ same_keys('bars', 'days', ['symbol', 'bar_interval', 'bar_date']) }}
     where
         bars.bar_date >= date '{{ var("min_date") }}'
         or days.bars_to_window - days.bars_on_day < 120
@@ -121,10 +118,7 @@ spreads as (
 
 features as (
     select
-        symbol,
-        bar_interval,
-        ts,
-        bar_date,
+        {{ bar_columns() }},
         close,
         bars_seen,
         source_hashes,

@@ -46,10 +46,7 @@ bars as (
 
 ahead as (
     select
-        symbol,
-        bar_interval,
-        ts,
-        bar_date,
+        {{ bar_columns() }},
         close,
         {%- for h in horizons %}
             case
@@ -78,10 +75,7 @@ ahead as (
 
 outcomes as (
     select
-        symbol,
-        bar_interval,
-        ts,
-        bar_date,
+        {{ bar_columns() }},
         close,
         {%- for h in horizons %}
             ln(close_{{ h }} / close) as fwd_ret_{{ h }},

@@ -66,6 +66,29 @@ in_window as (
     where {{ in_build_window() }}
 ),
 
+-- The steps before the decision: the features the decider saw, then its rationale if it gave
+-- one (final closes the trace with the decision).
+reasoned as (
+    select
+        *,
+        list_concat(
+            [{{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }}],
+            case
+                when rationale is not null
+                    then
+                        [{
+                            'step_index': 4,
+                            'kind': 'inference',
+                            'implies': cast(null as varchar),
+                            'text': rationale,
+                            'claim': 'rationale=recorded'
+                        }]
+                else []
+            end
+        ) as reasoning_steps
+    from in_window
+),
+
 final as (
     select
         md5(
@@ -76,40 +99,15 @@ final as (
         decision_id,
         agent_id,
         recorded_ts,
-        decision_point_id,
-        symbol,
-        bar_interval,
-        ts,
-        decision_ts,
-        bar_date,
+        {{ decision_point_columns() }},
         'recorded:' || agent_id as policy_id,
         0 as policy_version,
         action,
         size,
         rationale,
-        cast(
-            list_concat(
-                [{{ observation_steps(['ret_20', 'vol_20', 'regime_and_trend']) }}],
-                case
-                    when rationale is not null
-                        then
-                            [
-                                {
-                                    'step_index': 4,
-                                    'kind': 'inference',
-                                    'implies': cast(null as varchar),
-                                    'text': rationale,
-                                    'claim': 'rationale=recorded'
-                                },
-                                {{ decision_step(5) }}
-                            ]
-                    else [{{ decision_step(4) }}]
-                end
-            )
-            as {{ reasoning_steps_type() }}
-        ) as reasoning_steps,
+        {{ closed_trace('reasoning_steps') }} as reasoning_steps,
         list_sort(list_distinct(list_append(point_source_hashes, source_hash))) as source_hashes
-    from in_window
+    from reasoned
 )
 
 select * from final

@@ -364,11 +364,7 @@ labelled as (
 
 final as (
     select
-        trace_id,
-        episode_id,
-        is_perturbed,
-        perturbation,
-        faulty_step_index,
+        {{ trace_columns() }},
         decision_point_id,
         symbol,
         bar_interval,

@@ -17,11 +17,7 @@ step_labels as (
 
 traces as (
     select
-        trace_id,
-        episode_id,
-        is_perturbed,
-        perturbation,
-        faulty_step_index,
+        {{ trace_columns() }},
         n_steps,
         list(cast(step_index as bigint) order by step_index) as step_indexes,
         list(text order by step_index) as completions,
@@ -31,7 +27,7 @@ traces as (
         count(hard_label) as n_hard_labels,
         count(soft_label) as n_soft_labels
     from step_labels
-    group by trace_id, episode_id, is_perturbed, perturbation, faulty_step_index, n_steps
+    group by {{ trace_columns() }}, n_steps
 ),
 
 labelled as (
@@ -44,11 +40,7 @@ labelled as (
 
 final as (
     select
-        labelled.trace_id,
-        labelled.episode_id,
-        labelled.is_perturbed,
-        labelled.perturbation,
-        labelled.faulty_step_index,
+        {{ trace_columns('labelled') }},
         episodes.prompt,
         labelled.completions,
         labelled.labels,

@@ -270,10 +270,7 @@ joined as (
     left join decisions on counterfactuals.episode_id = decisions.episode_id
     left join original_labels on counterfactuals.episode_id = original_labels.episode_id
     left join outcomes
-        on
-            counterfactuals.symbol = outcomes.symbol
-            and counterfactuals.bar_interval = outcomes.bar_interval
-            and counterfactuals.ts = outcomes.ts
+        on {{ same_keys('counterfactuals', 'outcomes') }}
 ),
 
 final as (

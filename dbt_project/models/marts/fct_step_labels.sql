@@ -49,11 +49,7 @@ expert as (
 
 joined as (
     select
-        step_labels.trace_id,
-        step_labels.episode_id,
-        step_labels.is_perturbed,
-        step_labels.perturbation,
-        step_labels.faulty_step_index,
+        {{ trace_columns('step_labels') }},
         step_labels.decision_point_id,
         step_labels.symbol,
         step_labels.bar_interval,
