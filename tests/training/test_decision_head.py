@@ -173,3 +173,15 @@ def test_bfloat16_forward_gives_nearly_the_float32_features():
     relative = (fast.hidden - exact.hidden).norm(dim=1) / exact.hidden.norm(dim=1)
     assert float(relative.max()) < 0.05
     assert torch.allclose(fast.background, exact.background, atol=0.1)
+
+
+def test_auto_forward_dtype_uses_bfloat16_only_where_it_is_native():
+    from training.config import ModelConfig
+    from training.models import load_model
+
+    model, _ = load_model(ModelConfig(name_or_path="tiny", tiny_hidden_size=64))
+    picked = decision_head.in_dtype(model, "auto")
+    native = decision_head.native_bf16(torch.device("cpu"))
+    assert next(picked.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    assert (picked is model) == (not native)  # no copy when float32 is kept
+    assert next(decision_head.in_dtype(model, "bfloat16").parameters()).dtype == torch.bfloat16
