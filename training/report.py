@@ -290,9 +290,10 @@ def decision_pair_table(
 
     at = pd.Series(np.arange(len(items)), index=items["prompt"].to_numpy())
     known = pairs[pairs["prompt"].isin(at.index)]
-    rows = at.loc[known["prompt"]].to_numpy()
-    chosen = known["chosen_action"].map(ACTIONS.index).to_numpy()
-    rejected = known["rejected_action"].map(ACTIONS.index).to_numpy()
+    # dtype int: an empty selection would otherwise be an object array, not an index.
+    rows = at.loc[known["prompt"]].to_numpy(dtype=int)
+    chosen = known["chosen_action"].map(ACTIONS.index).to_numpy(dtype=int)
+    rejected = known["rejected_action"].map(ACTIONS.index).to_numpy(dtype=int)
     won = {}
     for name, probs in models.items():
         values = probs[list(PROBABILITY_COLUMNS)].to_numpy(dtype=float)[rows]

@@ -756,3 +756,13 @@ def test_decision_pair_table_ranks_every_pair_from_the_scored_probabilities() ->
     assert got.loc["sft", "accuracy"] == 0.0 and got.loc["tie", "accuracy"] == 0.0
     assert got.loc["sft", "delta"] == 1.0 and got.loc["sft", "ci_low"] == 1.0
     assert np.isnan(got.loc["model", "delta"])
+
+
+def test_decision_pair_table_without_pairs_on_the_items() -> None:
+    from training.report import decision_pair_table
+
+    items = pd.DataFrame({"prompt": ["a"]})
+    pairs = pd.DataFrame({"prompt": ["zzz"], "chosen_action": ["buy"], "rejected_action": ["hold"]})
+    probs = pd.DataFrame([[0.5, 0.3, 0.2]], columns=["p_buy", "p_sell", "p_hold"])
+    table = decision_pair_table(pairs, items, {"model": probs, "sft": probs})
+    assert list(table["pairs"]) == [0, 0] and table["accuracy"].isna().all()
