@@ -147,11 +147,7 @@ def evaluate_prm(model: Any, tokenizer: Any, rows: Any, cfg: PRMStageConfig) -> 
         max_length=cfg.train.max_length,
         batch_size=cfg.train.per_device_eval_batch_size,
     )
-    if "faulty_step_index" in rows.column_names:
-        base = cfg.faulty_step_index_base
-        faulty = [None if f is None else int(f) - base for f in rows["faulty_step_index"]]
-    else:
-        faulty = [None] * len(scores)
+    faulty = prm_head.faulty_steps(rows, cfg.faulty_step_index_base)
     return step_metrics(scores, rows["labels"], faulty, cfg.threshold)
 
 

@@ -138,10 +138,11 @@ def _labels(rows, column: str, counts: Sequence[int]) -> torch.Tensor:
     return torch.tensor(kept)
 
 
-def _faulty(rows, cfg: PRMStageConfig) -> list[int | None]:
+def faulty_steps(rows, base: int) -> list[int | None]:
+    """The 0-based faulty step of each ds_prm row (None for unperturbed traces, or all None
+    without the column); ``base``: the index of the first step in 'faulty_step_index'."""
     if "faulty_step_index" not in rows.column_names:
         return [None] * len(rows)
-    base = cfg.faulty_step_index_base
     return [None if f is None else int(f) - base for f in rows["faulty_step_index"]]
 
 
@@ -187,8 +188,8 @@ def train_prm_head(cfg: PRMStageConfig, run) -> tuple[object, object, dict, list
             f"train_{k}": v
             for k, v in step_metrics(
                 _per_trace(train_scores, counts),
-                [list(t)[:n] for t, n in zip(train["labels"], counts, strict=True)],
-                _faulty(train, cfg),
+                train["labels"],  # step_metrics keeps the labels of the scored steps
+                faulty_steps(train, cfg.faulty_step_index_base),
                 cfg.threshold,
             ).items()
         },
@@ -203,7 +204,10 @@ def train_prm_head(cfg: PRMStageConfig, run) -> tuple[object, object, dict, list
             {
                 f"eval_{k}": v
                 for k, v in step_metrics(
-                    scores, held["labels"], _faulty(held, cfg), cfg.threshold
+                    scores,
+                    held["labels"],
+                    faulty_steps(held, cfg.faulty_step_index_base),
+                    cfg.threshold,
                 ).items()
             }
         )

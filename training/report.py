@@ -430,9 +430,10 @@ def evaluate_callables(
         reference = score_items(points, reference_action_probs)
         models["sft"] = reference[list(PROBABILITY_COLUMNS)]
         metrics.update({f"sft_{k}": v for k, v in choice_summary(reference).items()})
+    train_prompts = labelled_prompts(episodes, "train", target=target)
     baselines = baselines_table(
         items,
-        train=labelled_prompts(episodes, "train", target=target),
+        train=train_prompts,
         validation=labelled_prompts(episodes, "validation", target=target),
         episodes=_mature(on_split(episodes, split)),
         models=models,
@@ -484,8 +485,7 @@ def evaluate_callables(
 
     pair_table = None
     if pairs is not None and {"chosen_action", "rejected_action"} <= set(pairs.columns):
-        train_targets = labelled_prompts(episodes, "train", target=target)["target"]
-        prior = prior_probabilities([t for t in train_targets if isinstance(t, str)])
+        prior = prior_probabilities([t for t in train_prompts["target"] if isinstance(t, str)])
         majority = pd.DataFrame(np.tile(prior, (len(items), 1)), columns=list(PROBABILITY_COLUMNS))
         pair_table = decision_pair_table(
             on_split(pairs, split), items, {**models, "train-majority": majority}, seed=seed
