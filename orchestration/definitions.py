@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets.core.feeds import load_feeds
 from assets.core.resources import resources_from_env
-from assets.core.settings import feeds_file_from_env
+from assets.core.settings import settings_from_env
 from assets.episodes.datasets import dataset_checks, dataset_files
 from assets.episodes.dbt_assets import dataset_models, episode_models, seed_specs
 from assets.ingestion.raw_assets import build_ingestion_definitions
@@ -22,8 +22,9 @@ from orchestration.sensors import episodes_automation_sensor, landing_sensor
 
 
 def build_definitions() -> dg.Definitions:
+    settings = settings_from_env()
     resources = resources_from_env()
-    feeds = load_feeds(feeds_file_from_env())
+    feeds = load_feeds(settings.feeds_file)
     landing_specs, raw_assets = build_ingestion_definitions(feeds)
     return dg.Definitions(
         assets=[
@@ -42,7 +43,7 @@ def build_definitions() -> dg.Definitions:
         schedules=[weekly_retrain],
         sensors=[
             landing_sensor,
-            episodes_automation_sensor,
+            episodes_automation_sensor(running=not settings.automation_paused),
             retrain_sensor,
             freshness_sensor,
             run_reaper,

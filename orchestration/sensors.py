@@ -166,14 +166,22 @@ def landing_sensor(
     )
 
 
-# Episodes and datasets follow their upstream partitions (assets.core.automation); this
-# sensor evaluates those conditions. Requests for several partitions of the single-run dbt
-# assets become one backfill, hence one run and one dbt build.
-episodes_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "episodes_automation",
-    target=dg.AssetSelection.groups("episodes", "datasets", "monitoring"),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    description="Rebuilds episode and dataset partitions whose upstream partitions changed, "
-    "and the drift measurement after them.",
-)
+def episodes_automation_sensor(running: bool = True) -> dg.AutomationConditionSensorDefinition:
+    """Episodes and datasets follow their upstream partitions (assets.core.automation); this
+    sensor evaluates those conditions. Requests for several partitions of the single-run dbt
+    assets become one backfill, hence one run and one dbt build.
+
+    ``running=False`` (``DD_AUTOMATION_PAUSED``) only changes the default status: the demo's
+    own daemon ingests with it stopped and builds the episodes itself, so that a later
+    ``dagster dev`` starts the sensor on a fully built instance (its first tick has no earlier
+    state to compare with, so nothing counts as newly updated and nothing is rebuilt)."""
+    return dg.AutomationConditionSensorDefinition(
+        "episodes_automation",
+        target=dg.AssetSelection.groups("episodes", "datasets", "monitoring"),
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if running
+        else dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=30,
+        description="Rebuilds episode and dataset partitions whose upstream partitions changed, "
+        "and the drift measurement after them.",
+    )

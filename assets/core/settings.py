@@ -26,6 +26,7 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 | ``DD_TRAINING_OUTPUT_ROOT`` | where a run writes its checkpoint before logging it to MLflow (local scratch; later stages and the evaluation load from the registry) | ``./var/training`` |
 | ``DD_RETRAIN_MIN_NEW_MATURE_EPISODES`` | new mature episodes that trigger a retrain | 8000 |
 | ``DD_RETRAIN_PAUSED`` | ``1``: the retrain sensor reads drift records but launches nothing (the demo's own daemon) | ``0`` |
+| ``DD_AUTOMATION_PAUSED`` | ``1``: the episodes automation sensor starts stopped (the demo's own daemon: the demo builds episodes, datasets and drift itself, one ranged run per layer group) | ``0`` |
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Settings:
     model_cache: str
     retrain_min_new_mature_episodes: int
     retrain_paused: bool
+    automation_paused: bool
 
 
 def default_artifact_location(storage_root: str, tracking_uri: str) -> str | None:
@@ -132,8 +134,13 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         retrain_min_new_mature_episodes=int(min_new_mature)
         if min_new_mature
         else DEFAULT_MIN_NEW_MATURE_EPISODES,
-        retrain_paused=get("DD_RETRAIN_PAUSED", "0").lower() in ("1", "true", "yes"),
+        retrain_paused=_flag(get("DD_RETRAIN_PAUSED", "0")),
+        automation_paused=_flag(get("DD_AUTOMATION_PAUSED", "0")),
     )
+
+
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
 
 
 def storage_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str | None]:

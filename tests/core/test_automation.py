@@ -117,3 +117,26 @@ def test_a_later_raw_day_belongs_to_the_previous_month_too():
             defs=defs, instance=instance, cursor=result.cursor
         )
         assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01", "2004-10-01"}
+
+
+def test_first_tick_on_a_built_instance_requests_nothing():
+    """``make demo`` builds the months its data spans itself (one ranged run) with the
+    automation sensor stopped, and leaves the other months unbuilt; a later ``dagster dev``
+    starts the sensor on that instance. Its first tick must not request the unbuilt months
+    (nothing is newly missing or newly updated before a first tick), and a later raw day must
+    still rebuild its months."""
+    defs = _defs()
+    months = ("2004-07-01", "2004-08-01", "2004-09-01")
+    with dg.DagsterInstance.ephemeral() as instance:
+        _ingested(instance, "2004-09-01", "2004-09-30")
+        for key in episode_models.keys:
+            for month in months:
+                instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=month))
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert result.total_requested == 0
+
+        _ingested(instance, "2004-10-01", "2004-10-01")
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert _requested(result, "stg_bars") == {"2004-08-01", "2004-09-01", "2004-10-01"}
