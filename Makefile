@@ -77,7 +77,8 @@ train: install
 	@test -d $(DATASETS)/sft || { echo "no dataset exports under $(DATASETS): run make demo first (or DATASETS=folder)"; exit 1; }
 	$(PY) -m training recipe --datasets $(DATASETS) --out var/training/recipe $(TRAIN_ARGS)
 	$(PY) -m orchestration.evaluate --decision var/training/recipe/dpo/final \
-	  --prm var/training/recipe/prm/final --sft var/training/recipe/sft/final
+	  --prm var/training/recipe/prm/final --sft var/training/recipe/sft/final \
+	  --feature-cache var/training/recipe/feature-cache
 
 # sqlfluff's dbt templater compiles the models against a scratch lakehouse of its own.
 LINT_LAKEHOUSE := DD_LAKEHOUSE_CATALOG=$(CURDIR)/var/lint/lakehouse.sqlite DD_LAKEHOUSE_DATA_PATH=$(CURDIR)/var/lint/lakehouse DD_LAKEHOUSE_CATALOG_DSN=

@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pairs", type=int, default=None, help="test pairs (default: all)")
     parser.add_argument("--max-traces", type=int, default=200, help="test traces for the PRM")
     parser.add_argument("--max-format-prompts", type=int, default=16)
+    parser.add_argument(
+        "--feature-cache",
+        help="folder of backbone states the head-mode stages saved (make train: "
+        "var/training/recipe/feature-cache); default: none",
+    )
     args = parser.parse_args(argv)
 
     resources = resources_from_env()
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_format_prompts": args.max_format_prompts,
         "max_pairs": args.max_pairs,
         "max_traces": args.max_traces,
+        "feature_cache": args.feature_cache,
     }
     report = evaluate_checkpoints(
         args.decision, args.prm, episodes, pairs, traces, reference_checkpoint=args.sft, **common

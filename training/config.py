@@ -217,8 +217,10 @@ class HeadConfig:
     LM-head rows of the actions' first tokens are fitted (training.decision_head)."""
 
     samples_per_action: int | None = _help(
-        "Fit on at most this many training rows per action (a seeded sample; the backbone's "
-        "forward pass over the prompts is the cost); null: every row.",
+        "Fit on at most this many training rows per action; null: every row. The sample is "
+        "coordinated: within each action the rows whose prompts hash lowest (with the seed), "
+        "so SFT and DPO pick the same decision points and share their backbone states (the "
+        "forward pass over the prompts is the cost).",
         default=None,
     )
     eval_samples: int | None = _help(
@@ -238,6 +240,13 @@ class HeadConfig:
         "times slower, on other CPUs), 'float32', or 'auto': bfloat16 where the device has it "
         "natively, else float32. The fitted rows and the saved model stay float32.",
         default="auto",
+    )
+    feature_cache: str | None = _help(
+        "Folder of the backbone states already computed (training.scoring.BackboneStates, one "
+        "file per backbone and dtype): SFT, DPO, the evaluation and later retrains on the same "
+        "backbone run it only over new prompts. null: no cache. The training assets set "
+        "<training output root>/feature-cache.",
+        default=None,
     )
 
 

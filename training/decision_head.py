@@ -23,6 +23,7 @@ likelihood scorer, generation and every later stage load it like any other check
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,30 +94,25 @@ def decision_features(
     system: str | None = None,
     batch_size: int = 16,
     forward_dtype: str = "float32",
+    cache: scoring.BackboneStates | None = None,
 ) -> Features:
     """Run the backbone once over the prompts (left-padded batches, as the scorer does), in
-    ``forward_dtype`` (a converted copy of the model when it differs); the LM head's
-    log-sum-exp is taken in float32."""
+    ``forward_dtype`` (a converted copy of the model when it differs), reading and filling
+    ``cache`` (the scorer's states, so the evaluation reuses them); the LM head's log-sum-exp
+    is taken in float32."""
     head = model.get_output_embeddings().weight.detach().float()
     model = in_dtype(model, forward_dtype)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    others = torch.ones(head.shape[0], dtype=torch.bool, device=device)
+    others = torch.ones(head.shape[0], dtype=torch.bool, device=head.device)
     others[list(rows)] = False
     hidden, background = [], []
     ids_of = [data.prompt_ids(tokenizer, p, system) for p in prompts]
     try:
         for start in range(0, len(ids_of), batch_size):
             chunk = ids_of[start : start + batch_size]
-            ids, mask, positions = scoring.left_padded(chunk, tokenizer.pad_token_id)
-            with scoring.autocast_for(model):
-                out = model.get_decoder()(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                )
-            last = out.last_hidden_state[:, -1].float()  # after the final norm
+            states = scoring.final_states(model, chunk, 1, tokenizer.pad_token_id, cache)
+            last = states[:, -1].float().to(head.device)  # after the final norm
             logits = last @ head.T
             hidden.append(last.cpu())
             background.append(torch.logsumexp(logits[:, others], dim=-1).cpu())
@@ -245,17 +241,32 @@ def set_rows(model, rows: Sequence[int], weights: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------ the stages
 
 
-def sample_per_value(values: Sequence[str], limit: int | None, seed: int) -> np.ndarray:
-    """Row indexes: at most ``limit`` rows per distinct value (seeded), in their original order."""
+def sample_per_value(
+    values: Sequence[str], limit: int | None, seed: int, keys: Sequence[str] | None = None
+) -> np.ndarray:
+    """Row indexes: at most ``limit`` rows per distinct value, in their original order. With
+    ``keys`` (the prompts) the sample is coordinated: the rows whose key hashes lowest with the
+    seed, so two datasets over the same decision points (ds_sft, ds_dpo) pick the same points
+    and share their backbone states; without, a seeded random choice."""
     values = np.asarray(values, dtype=object)
     if limit is None:
         return np.arange(len(values))
     rng = np.random.default_rng(seed)
+    rank = (
+        np.array([_key_rank(seed, key) for key in keys], dtype=object) if keys is not None else None
+    )
     keep = []
     for value in sorted(set(values)):
         rows = np.flatnonzero(values == value)
-        keep.append(rng.choice(rows, min(limit, len(rows)), replace=False))
+        if rank is None:
+            keep.append(rng.choice(rows, min(limit, len(rows)), replace=False))
+        else:
+            keep.append(rows[np.argsort(rank[rows], kind="stable")[:limit]])
     return np.sort(np.concatenate(keep))
+
+
+def _key_rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
 
 
 def decisions_of(rows) -> list[str]:
@@ -275,16 +286,24 @@ def decisions_of(rows) -> list[str]:
 
 
 def stage_features(model, tokenizer, prompts: Sequence[str], rows: Sequence[int], cfg) -> Features:
-    """decision_features with the stage config's system prompt, batch size and dtype."""
-    return decision_features(
-        model,
-        tokenizer,
-        prompts,
-        rows,
-        system=cfg.data.system_prompt,
-        batch_size=cfg.head.batch_size,
-        forward_dtype=cfg.head.forward_dtype,
-    )
+    """decision_features with the stage config's system prompt, batch size, dtype and feature
+    cache (new states saved to it)."""
+    cache = scoring.BackboneStates(cfg.head.feature_cache)
+    try:
+        return decision_features(
+            model,
+            tokenizer,
+            prompts,
+            rows,
+            system=cfg.data.system_prompt,
+            batch_size=cfg.head.batch_size,
+            forward_dtype=cfg.head.forward_dtype,
+            cache=cache,
+        )
+    finally:
+        cache.save()
+        if cache.hits:
+            print(f"backbone states: {cache.hits} from the feature cache, {cache.misses} computed")
 
 
 def picked(rows, column: str, index) -> list:
@@ -311,7 +330,9 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
     rows = action_rows(tokenizer, system)
     train = run.train_rows
     taken = decisions_of(train)
-    keep = sample_per_value(taken, cfg.head.samples_per_action, cfg.train.seed)
+    keep = sample_per_value(
+        taken, cfg.head.samples_per_action, cfg.train.seed, keys=train["prompt"]
+    )
     prompts = picked(train, "prompt", keep)
     actions = [taken[i] for i in keep]
     feats = stage_features(model, tokenizer, prompts, rows, cfg)
@@ -347,7 +368,7 @@ def train_sft_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
 
 
 def _pairs(rows, limit: int | None, seed: int):
-    keep = sample_per_value(rows["chosen_action"], limit, seed)
+    keep = sample_per_value(rows["chosen_action"], limit, seed, keys=rows["prompt"])
     return (
         picked(rows, "prompt", keep),
         picked(rows, "chosen_action", keep),

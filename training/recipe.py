@@ -30,6 +30,10 @@ def config_file(stage: str, profile: str) -> Path:
     return CONFIG_DIR / (f"{stage}_gpu.yaml" if profile == "gpu" else f"{stage}.yaml")
 
 
+# Under the recipe's output folder: the backbone states of head mode (HeadConfig.feature_cache).
+FEATURE_CACHE = "feature-cache"
+
+
 def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
     """``stage.key=value`` items grouped by stage (the prefix removed)."""
     out: dict[str, list[str]] = {stage: [] for stage in RECIPE_STAGES}
@@ -61,7 +65,10 @@ def stage_config(
     if stage == "dpo":
         # The policy and its frozen reference start from the SFT checkpoint.
         wiring += ["model.name_or_path=", f"sft_checkpoint={sft_checkpoint}"]
-    elif stage == "prm" and sft_checkpoint:
+    if stage in ("sft", "dpo"):
+        # Head mode: SFT, DPO and the evaluation share the frozen backbone's states.
+        wiring.append(f"head.feature_cache={Path(out) / FEATURE_CACHE}")
+    if stage == "prm" and sft_checkpoint:
         # The PRM reads the prompt with the backbone that learnt to read the analog evidence.
         wiring.append(f"model.name_or_path={sft_checkpoint}")
     return load_config(stage, config_file(stage, profile), wiring + list(overrides or []))

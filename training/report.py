@@ -611,6 +611,7 @@ def evaluate_checkpoints(
     batch_size: int = 8,
     device: str | None = None,
     periods_per_year: float = 252.0,
+    feature_cache: str | Path | None = None,
 ) -> EvaluationReport:
     """Evaluate a decision (DPO or SFT) checkpoint and a PRM checkpoint on the test split.
 
@@ -620,7 +621,9 @@ def evaluate_checkpoints(
     budget; None: :func:`training.scoring.generation_budget` of the episodes' completions. The
     preference score is DPO's implicit reward against ``reference_checkpoint`` (default: the
     ``sft_checkpoint`` of the decision checkpoint's config when that folder exists;
-    ``use_reference=False``: plain log-probabilities).
+    ``use_reference=False``: plain log-probabilities). feature_cache: the folder of backbone
+    states the head-mode stages filled (``HeadConfig.feature_cache``): a test split scored once
+    is not run through the same backbone again.
     """
     from training import prm, scoring
     from training.checkpoint import load_checkpoint
@@ -630,7 +633,7 @@ def evaluate_checkpoints(
     system = system_prompt(config)
     # Head-mode checkpoints share their backbone with their reference and the truncated base:
     # one backbone pass serves all three likelihood scorers.
-    states = scoring.BackboneStates()
+    states = scoring.BackboneStates(feature_cache)
     if max_new_tokens is None:
         completions = episodes["completion"] if "completion" in episodes.columns else []
         max_new_tokens = scoring.generation_budget(tokenizer, list(completions))
@@ -737,6 +740,11 @@ def evaluate_checkpoints(
         settings={"scorer": "likelihood"},
     )
     report.settings["base_model"] = base_name or ""
+    report.settings["backbone_states"] = {
+        "computed": states.misses,
+        "reused": states.hits,
+        "saved": states.save(),
+    }
     return report
 
 

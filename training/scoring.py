@@ -32,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,12 +238,22 @@ class BackboneStates:
     Head-mode checkpoints (``training.decision_head``) differ from each other and from their
     truncated base only in a few LM-head rows: an evaluation that scores the challenger, its SFT
     reference and the base on the same prompts needs one backbone pass, not three. Keyed by a
-    SHA-256 of every backbone weight (exact: any other weight is another key), then the input
-    row. Only the scorer's last ``keep`` positions are held (a few KiB per prompt)."""
+    SHA-256 of every backbone weight (exact: any other weight, or the same weights in another
+    dtype, is another key), then the input row. Only the scorer's last ``keep`` positions are
+    held (a few KiB per prompt).
 
-    def __init__(self) -> None:
-        self._states: dict[tuple[str, tuple[int, ...], int], torch.Tensor] = {}
+    With a ``folder`` the states also persist, one file per backbone (``<digest>.pt``): the SFT
+    and DPO stages and the evaluation of a run, and every later retrain on the same backbone,
+    run the frozen backbone only over prompts it has not seen. The backbone pass is nearly all
+    of head-mode training's cost (0.1 to 0.5 s per prompt on 2 CPU cores). :meth:`save` writes
+    what is new, merged with what another process saved meanwhile, atomically."""
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        self.folder = Path(folder) if folder else None
+        self._states: dict[tuple[str, str], torch.Tensor] = {}
         self._digests: dict[int, tuple[tuple[int, ...], str]] = {}
+        self._loaded: set[str] = set()
+        self._new: dict[str, set[str]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -262,17 +274,59 @@ class BackboneStates:
         self._digests[id(backbone)] = (stamp, sha.hexdigest())
         return self._digests[id(backbone)][1]
 
+    @staticmethod
+    def row_key(row: Sequence[int], keep: int) -> str:
+        return hashlib.sha256(np.asarray([keep, *row], dtype=np.int64).tobytes()).hexdigest()
+
+    def _file(self, digest: str) -> Path | None:
+        return self.folder / f"{digest}.pt" if self.folder is not None else None
+
+    def _read(self, digest: str) -> dict[str, torch.Tensor]:
+        path = self._file(digest)
+        if path is None or not path.exists():
+            return {}
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _load(self, digest: str) -> None:
+        if digest in self._loaded:
+            return
+        self._loaded.add(digest)
+        for key, states in self._read(digest).items():
+            self._states.setdefault((digest, key), states)
+
     def get(self, digest: str, row: Sequence[int], keep: int) -> torch.Tensor | None:
-        found = self._states.get((digest, tuple(row), keep))
+        self._load(digest)
+        found = self._states.get((digest, self.row_key(row, keep)))
         self.hits += found is not None
         return found
 
     def put(self, digest: str, row: Sequence[int], keep: int, states: torch.Tensor) -> None:
         self.misses += 1
-        self._states[(digest, tuple(row), keep)] = states
+        key = self.row_key(row, keep)
+        # A copy: a view would keep (and pickle) the whole batch's storage.
+        self._states[(digest, key)] = states.detach().to("cpu", copy=True).contiguous()
+        self._new.setdefault(digest, set()).add(key)
+
+    def save(self) -> int:
+        """Write the states computed since the last save (no-op without a folder); returns how
+        many were written."""
+        if self.folder is None:
+            return 0
+        written = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for digest, keys in self._new.items():
+            merged = self._read(digest)
+            merged.update({key: self._states[(digest, key)] for key in keys})
+            path = self._file(digest)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(merged, tmp)
+            os.replace(tmp, path)
+            written += len(keys)
+        self._new.clear()
+        return written
 
 
-def _final_states(
+def final_states(
     model: Any,
     rows: list[list[int]],
     keep: int,
@@ -284,8 +338,8 @@ def _final_states(
     digest = cache.digest(model) if cache is not None else ""
     found = [cache.get(digest, row, keep) if cache is not None else None for row in rows]
     missing = [i for i, states in enumerate(found) if states is None]
+    device = next(model.parameters()).device
     if missing:
-        device = next(model.parameters()).device
         # Left padding: every row ends at the last column, so the last `keep` positions are the
         # ones that predict the action tokens.
         ids, mask, positions = left_padded([rows[i] for i in missing], pad_token_id)
@@ -298,8 +352,8 @@ def _final_states(
         for j, i in enumerate(missing):
             found[i] = hidden[j]
             if cache is not None:
-                cache.put(digest, rows[i], keep, hidden[j].detach())
-    return torch.stack(found)
+                cache.put(digest, rows[i], keep, hidden[j])
+    return torch.stack([states.to(device) for states in found])
 
 
 @torch.no_grad()
@@ -327,7 +381,7 @@ def action_logprobs(
         for start in range(0, len(heads), batch_size):
             chunk = heads[start : start + batch_size]
             rows = [head_ids + list(prefix) for head_ids in chunk for prefix in prefixes]
-            states = _final_states(model, rows, keep, tokenizer.pad_token_id, cache)
+            states = final_states(model, rows, keep, tokenizer.pad_token_id, cache)
             with autocast_for(model):
                 logits = head(states.to(head.weight.device)).float()
             logp = torch.log_softmax(logits, dim=-1).cpu()

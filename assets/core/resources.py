@@ -219,6 +219,10 @@ class TrainingResource(ConfigurableResource):
         suffix = "_gpu" if self.profile == "gpu" else ""
         return TRAINING_CONFIGS / f"{stage}{suffix}.yaml"
 
+    def feature_cache(self) -> str:
+        """Where head-mode stages and the evaluation keep the frozen backbone's states."""
+        return f"{self.output_root.rstrip('/')}/feature-cache"
+
     def profile_overrides(self, method: str = "trainer") -> list[str]:
         """The profile's overrides, then max_steps (dotted k=v). cpu-small shortens trainer runs
         only: head mode (``method: head``) takes no optimiser steps and must read whole traces;

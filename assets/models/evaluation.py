@@ -43,7 +43,12 @@ import pandas as pd
 from assets.core.lakehouse import Lakehouse, lakehouse_connection
 from assets.core.materializations import latest_metadata, plain_metadata
 from assets.core.model_store import resolve_model
-from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.core.resources import (
+    MlflowResource,
+    StorageResource,
+    TrainingResource,
+    WarehouseResource,
+)
 from assets.core.training_run import finite_metrics
 from training.baselines import table_markdown
 from training.checkpoint import code_digest as training_code_version
@@ -489,6 +494,7 @@ def model_evaluation(
     storage: StorageResource,
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
+    training: TrainingResource,
 ) -> dg.MaterializeResult:
     if config.gate_score not in GATE_SCORES:
         raise dg.Failure(f"gate_score {config.gate_score!r}: expected one of {tuple(GATE_SCORES)}")
@@ -532,6 +538,7 @@ def model_evaluation(
             seed=config.seed,
             use_reference=config.use_reference,
             batch_size=config.batch_size,
+            feature_cache=training.feature_cache(),
         )
         files = {
             ITEMS_FILE: report.items,

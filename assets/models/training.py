@@ -150,6 +150,9 @@ def stage_config(
         raw["model"]["name_or_path"] = ""
     else:
         raw["model"]["name_or_path"] = training.base_model
+    if stage in ("sft", "dpo") and not raw.get("head", {}).get("feature_cache"):
+        # Head mode: SFT, DPO, the evaluation and later retrains share the backbone's states.
+        raw.setdefault("head", {})["feature_cache"] = training.feature_cache()
     cfg = STAGES[stage].from_dict(raw).with_overrides(extra)
     return cfg.validate().to_dict()
 

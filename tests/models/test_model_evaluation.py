@@ -19,7 +19,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from assets.core.lakehouse import lakehouse_connection
-from assets.core.resources import MlflowResource, StorageResource, WarehouseResource
+from assets.core.resources import (
+    MlflowResource,
+    StorageResource,
+    TrainingResource,
+    WarehouseResource,
+)
 from assets.models import evaluation as ev
 from training import report, synthetic
 from training.baselines import table_markdown
@@ -264,6 +269,7 @@ def test_champion_moves_only_when_the_gate_passes(
     instance = dg.DagsterInstance.ephemeral()
     resources = {"storage": storage, "warehouse": WarehouseResource(path=str(warehouse))}
     resources["mlflow"] = mlflow
+    resources["training"] = TrainingResource(output_root=str(tmp_path / "training"))
     defs = [*ev.evaluation_assets, *ev.evaluation_checks]
 
     def release(version: str, gate_score: str = "logp_target") -> dg.ExecuteInProcessResult:

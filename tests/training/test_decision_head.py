@@ -78,6 +78,27 @@ def test_sample_per_value_caps_each_value_and_keeps_order():
     assert list(decision_head.sample_per_value(values, None, 0)) == list(range(75))
 
 
+def test_coordinated_sample_picks_the_same_prompts_in_two_datasets():
+    """SFT (by target) and DPO (by chosen action) sample the same decision points where both
+    datasets hold them with the same action, whatever the rows' order or other rows."""
+    prompts = [f"point {i}" for i in range(300)]
+    actions = [ACTIONS[i % 3] for i in range(300)]
+    sft = decision_head.sample_per_value(actions, 20, seed=7, keys=prompts)
+    # The DPO dataset: another order, a third of the points missing, other points added.
+    rows = [(p, a) for p, a in zip(prompts, actions, strict=True) if int(p.split()[1]) % 3][::-1]
+    rows += [(f"other {i}", ACTIONS[i % 3]) for i in range(100)]
+    dpo = decision_head.sample_per_value([a for _, a in rows], 20, 7, keys=[p for p, _ in rows])
+    picked_sft = {prompts[i] for i in sft}
+    picked_dpo = {rows[i][0] for i in dpo}
+    assert len(picked_sft) == len(picked_dpo) == 60
+    shared = picked_sft & picked_dpo
+    # Bottom-k of one hash: every SFT pick the DPO rows still hold is picked there too unless
+    # pushed out by an added point that hashes lower.
+    assert len(shared) >= 20
+    assert sorted(sft) == list(sft)
+    assert set(decision_head.sample_per_value(actions, 20, 8, keys=prompts)) != set(sft)
+
+
 @pytest.fixture(scope="module")
 def head_runs(tmp_path_factory):
     from training.dpo import train_dpo
@@ -88,12 +109,15 @@ def head_runs(tmp_path_factory):
     synthetic.sft_frame(240).to_parquet(sft_file)
     synthetic.dpo_frame(240).to_parquet(dpo_file)
     common = {"eval_split": "test", "system_prompt": ""}
+    # One feature cache for both stages: DPO reads the states SFT saved.
+    head = {"max_iter": 200, "l2": 0.02, "forward_dtype": "float32"}
+    head["feature_cache"] = str(folder / "features")
     sft_cfg = SFTStageConfig.from_dict(
         {
             "method": "head",
             "model": {"name_or_path": "tiny", "tiny_hidden_size": 64},
             "data": {"files": [str(sft_file)], **common},
-            "head": {"max_iter": 200, "l2": 0.02, "forward_dtype": "float32"},
+            "head": head,
             "train": {"output_dir": str(folder / "sft")},
             "balance_actions": True,
         }
@@ -105,7 +129,7 @@ def head_runs(tmp_path_factory):
             "model": {"name_or_path": ""},
             "sft_checkpoint": sft.checkpoint_dir,
             "data": {"files": [str(dpo_file)], **common},
-            "head": {"max_iter": 200, "l2": 0.02, "forward_dtype": "float32"},
+            "head": head,
             "train": {"output_dir": str(folder / "dpo")},
         }
     )
@@ -147,6 +171,25 @@ def test_sft_head_beats_its_start_and_the_scorer_agrees(head_runs):
     scores = scoring.score_choices(model, tokenizer, list(test.prompt), targets, system="")
     assert scores["correct"].mean() == pytest.approx(m["eval_accuracy"], abs=1e-6)
     assert scores["logp_target"].mean() == pytest.approx(m["eval_logp_target"], abs=1e-3)
+
+
+def test_dpo_head_reads_the_backbone_states_sft_saved(head_runs):
+    """DPO starts from the SFT checkpoint, whose backbone is SFT's: the states SFT saved for
+    the shared prompts are read, not computed; and they equal a fresh forward pass."""
+    from training.checkpoint import load_checkpoint
+
+    cfg, _, dpo, sft_file = head_runs
+    cache = scoring.BackboneStates(cfg.head.feature_cache)
+    model, tokenizer, _ = load_checkpoint(dpo.checkpoint_dir)
+    prompts = list(pd.read_parquet(sft_file).query("split == 'test'").prompt[:8])
+    rows = decision_head.action_rows(tokenizer, "")
+    cached = decision_head.decision_features(
+        model, tokenizer, prompts, rows, system="", cache=cache
+    )
+    assert cache.hits == len(prompts) and cache.misses == 0
+    fresh = decision_head.decision_features(model, tokenizer, prompts, rows, system="")
+    torch.testing.assert_close(cached.hidden, fresh.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached.background, fresh.background, atol=1e-4, rtol=1e-5)
 
 
 def test_dpo_head_starts_from_sft_and_wins_held_out_pairs(head_runs):

@@ -186,3 +186,25 @@ def test_models_sharing_a_backbone_run_it_once(tiny) -> None:
     again = scoring.action_logprobs(other, tokenizer, PROMPTS[:3], system="", cache=cache)
     assert cache.misses == len(PROMPTS) + 3
     assert not np.allclose(again, plain[:3])
+
+
+def test_backbone_states_persist_and_merge_across_processes(tiny, tmp_path) -> None:
+    """With a folder the states survive the cache object (a later stage or retrain, another
+    process): a new cache on the same folder scores without running the backbone, exactly as
+    before; two caches saving different prompts both keep theirs (merged on save)."""
+    model, tokenizer = tiny
+    first = scoring.BackboneStates(tmp_path)
+    scored = scoring.action_logprobs(model, tokenizer, PROMPTS[:3], system="", cache=first)
+    other = scoring.BackboneStates(tmp_path)  # opened before the first one saved
+    scoring.action_logprobs(model, tokenizer, PROMPTS[3:], system="", cache=other)
+    assert first.save() == 3 and other.save() == len(PROMPTS) - 3
+    assert first.save() == 0  # nothing new since
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # one file per backbone
+
+    later = scoring.BackboneStates(tmp_path)
+    again = scoring.action_logprobs(model, tokenizer, PROMPTS, system="", cache=later)
+    assert (later.hits, later.misses) == (len(PROMPTS), 0)
+    np.testing.assert_allclose(again[:3], scored, atol=1e-6)
+    np.testing.assert_allclose(
+        again, scoring.action_logprobs(model, tokenizer, PROMPTS, system=""), atol=1e-5
+    )
