@@ -215,24 +215,24 @@ def main() -> int:
     rel, new = land_default(storage, feeds)
     print(f"{'landed' if new else 'already landed'}: {storage.uri(rel)}")
     instance = DagsterInstance.get()
-    ingested = phases.run("raw history (landing sensor)", _ingest_landed, instance, storage, feeds)
-    phases.run("episodes and datasets", _build_derived, instance, ingested)
-    # The journal lands once the bars are in: a recorded decision needs the decision point it
-    # attaches to (landed first, its month's run fails and is redone when the bars arrive).
+    # The desk's journal lands with the bars: one raw phase and one episode build for both (a
+    # recorded decision attaches to a decision point that the same dbt build creates).
     if "recorded-decisions" in feeds:
         _land_frame(storage, feeds["recorded-decisions"], desk_journal(), "desk-journal.csv")
-        ingested = phases.run(
-            "desk journal (landing sensor)", _ingest_landed, instance, storage, feeds
-        )
-        phases.run("episodes and datasets", _build_derived, instance, ingested)
+    ingested = phases.run(
+        "raw history and journal (landing sensor)", _ingest_landed, instance, storage, feeds
+    )
+    phases.run("episodes and datasets", _build_derived, instance, ingested)
     lakehouse = resources["warehouse"].lakehouse()
+    # Feedback rates steps of built episodes; stg_feedback and the marts read it whole, so only
+    # the marts and exports are built again (no monthly model reads feedback).
     if "expert-feedback" in feeds and _built(instance, AssetKey("fct_step_labels")):
         frame = simulated_expert_feedback(lakehouse)
         _land_frame(storage, feeds["expert-feedback"], frame, "expert-review.csv")
         ingested = phases.run(
             "expert feedback (landing sensor)", _ingest_landed, instance, storage, feeds
         )
-        phases.run("episodes and datasets", _build_derived, instance, ingested)
+        phases.run("datasets with the feedback", _build_derived, instance, ingested, False)
     ok = _summary(instance)
     if ok:
         ok = phases.run("training, evaluation, champion", _train, instance)
@@ -317,11 +317,11 @@ MARTS_SELECTION = "tag:partitioning=none and (group:episodes or group:datasets)"
 MONTHLY_SELECTION = "tag:partitioning=monthly"
 
 
-def _build_derived(instance: DagsterInstance, ingested: bool) -> None:
+def _build_derived(instance: DagsterInstance, ingested: bool, monthly: bool = True) -> None:
     """After a landing: the months the raw data spans, for every monthly episode model, in one
-    ranged run (one dbt build), then the marts and dataset exports in one run. Skipped when
-    nothing was ingested and everything is built (a second ``make demo``); a demo interrupted
-    half-way builds again.
+    ranged run (one dbt build; ``monthly=False``: not needed), then the marts and dataset
+    exports in one run. Skipped when nothing was ingested and everything is built (a second
+    ``make demo``); a demo interrupted half-way builds again.
 
     Months outside the data are left unbuilt: the automation sensor of a later ``dagster dev``
     does not request them (on its first tick nothing is "newly" missing), and each month of
@@ -336,13 +336,14 @@ def _build_derived(instance: DagsterInstance, ingested: bool) -> None:
     if complete and not ingested:
         print("episodes and datasets already built")
         return
-    _materialize(
-        f"every monthly episode model, {months[0]}...{months[-1]}",
-        "--select",
-        MONTHLY_SELECTION,
-        "--partition-range",
-        f"{months[0]}...{months[-1]}",
-    )
+    if monthly or not complete:
+        _materialize(
+            f"every monthly episode model, {months[0]}...{months[-1]}",
+            "--select",
+            MONTHLY_SELECTION,
+            "--partition-range",
+            f"{months[0]}...{months[-1]}",
+        )
     _materialize("marts and dataset exports", "--select", MARTS_SELECTION)
 
 
