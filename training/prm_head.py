@@ -196,6 +196,16 @@ def train_prm_head(cfg: PRMStageConfig, run) -> tuple[object, object, dict, list
     }
     if run.eval_rows is not None:
         held = run.eval_rows
+        if cfg.head.eval_samples is not None and len(held) > cfg.head.eval_samples:
+            # A seeded sample spread over the split, as many traces per decision as there is
+            # room for: the split holds ~12 traces per decision point, and every trace costs a
+            # backbone pass (all 12,518 validation traces of the default feed: hours on a CPU).
+            held_by = held["action"] if "action" in held.column_names else ["all"] * len(held)
+            per_action = max(1, cfg.head.eval_samples // len(set(held_by)))
+            held = held.select(
+                decision_head.sample_per_value(held_by, per_action, cfg.train.seed + 1)
+            )
+        metrics["eval_rows"] = float(len(held))
         eval_states, eval_counts = separator_states(
             model, tokenizer, held["prompt"], held["completions"], **state_args
         )

@@ -42,6 +42,20 @@ def test_score_head_balances_rare_faulty_steps():
     assert float(scores[labels == 1].mean()) > 0.7
 
 
+def _head_config(prm_file, folder, **head) -> PRMStageConfig:
+    """Head mode on the tiny model, evaluated on the file's test split."""
+    return PRMStageConfig.from_dict(
+        {
+            "method": "head",
+            "model": {"name_or_path": "tiny", "tiny_hidden_size": 64},
+            "data": {"files": [str(prm_file)], "eval_split": "test", "system_prompt": ""},
+            "head": {**head, "forward_dtype": "float32"},
+            "train": {"output_dir": str(folder / "prm"), "max_length": 256},
+            "lora": {"enabled": False},
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def prm_head_run(tmp_path_factory):
     from training.prm import train_prm
@@ -49,16 +63,7 @@ def prm_head_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("prm_head")
     prm_file = folder / "prm.parquet"
     synthetic.prm_frame(240, seed=3).to_parquet(prm_file)
-    cfg = PRMStageConfig.from_dict(
-        {
-            "method": "head",
-            "model": {"name_or_path": "tiny", "tiny_hidden_size": 64},
-            "data": {"files": [str(prm_file)], "eval_split": "test", "system_prompt": ""},
-            "head": {"max_iter": 200, "l2": 0.01, "forward_dtype": "float32"},
-            "train": {"output_dir": str(folder / "prm"), "max_length": 256},
-            "lora": {"enabled": False},
-        }
-    )
+    cfg = _head_config(prm_file, folder, max_iter=200, l2=0.01)
     logs = []
     result = train_prm(cfg, LINEAGE, on_log=lambda step, entry: logs.append((step, entry)))
     return cfg, result, logs, prm_file
@@ -100,3 +105,17 @@ def test_prm_head_checkpoint_scores_as_the_stage_measured(prm_head_run):
     faulty = [None if pd.isna(f) else int(f) - 1 for f in test.faulty_step_index]
     measured = step_metrics(scores, [list(v) for v in test.labels], faulty)
     assert measured["step_auc"] == pytest.approx(result.metrics["eval_step_auc"], abs=1e-3)
+
+
+def test_prm_head_scores_a_sample_of_a_large_validation_split(tmp_path):
+    """``head.eval_samples`` caps the traces the stage scores after fitting (the default
+    feed's validation split holds ~12k traces, each a backbone pass)."""
+    from training.prm import train_prm
+
+    prm_file = tmp_path / "prm.parquet"
+    frame = synthetic.prm_frame(90, seed=4)
+    assert (frame.split == "test").sum() > 9
+    frame.to_parquet(prm_file)
+    result = train_prm(_head_config(prm_file, tmp_path, max_iter=20, eval_samples=9), LINEAGE)
+    assert 1 <= result.metrics["eval_rows"] <= 9
+    assert 0.0 <= result.metrics["eval_step_auc"] <= 1.0
