@@ -300,6 +300,10 @@ class _StageConfig:
                 node[leaf] = "" if isinstance(node[leaf], str) else None
         return type(self).from_dict(raw)
 
+    def start_model(self) -> str:
+        """The model the stage starts from (recorded as the checkpoint's base model)."""
+        return self.model.name_or_path
+
     # -- what the machine gives
 
     def resolved_device(self) -> str:
@@ -549,6 +553,10 @@ class DPOStageConfig(_StageConfig):
 
     def start_model(self) -> str:
         return self.sft_checkpoint or self.model.name_or_path
+
+    def start_model_config(self) -> ModelConfig:
+        """The model section with the starting point (SFT checkpoint or base) as its model."""
+        return dataclasses.replace(self.model, name_or_path=self.start_model())
 
 
 @dataclass
