@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from transformers import TrainerCallback
@@ -125,13 +125,6 @@ def trainer_arguments(cfg: _StageConfig, args_cls: type, has_eval: bool, **stage
     )
 
 
-def callbacks_for(on_log: LogFn | None, callbacks: list | None) -> list:
-    out = list(callbacks or [])
-    if on_log is not None:
-        out.append(LogCallback(on_log))
-    return out
-
-
 def train_and_measure(trainer) -> dict[str, float]:
     """Run training; return train_* metrics including tokens and tokens/s."""
     if torch.cuda.is_available():
@@ -229,6 +222,37 @@ def finish(
     )
 
 
+class StageInputs(TypedDict, total=False):
+    """What a caller may hand a stage's entry function (train_sft, train_dpo, train_prm) besides
+    the config and the lineage, all optional: the splits as frames/datasets (instead of reading
+    ``cfg.data.files``), ``on_log`` for every log entry, extra Trainer callbacks."""
+
+    train_rows: data.Rows | None
+    eval_rows: data.Rows | None
+    on_log: LogFn | None
+    callbacks: list | None
+
+
+# fit(cfg, run) -> (model, tokenizer, metrics, log history): a stage trained without a Trainer.
+HeadFit = Callable[[Any, "StageRun"], tuple[Any, Any, dict[str, float], list[dict]]]
+
+
+def run_stage(
+    cfg: _StageConfig,
+    lineage: dict[str, Any] | None,
+    inputs: StageInputs,
+    *,
+    head: HeadFit,
+    trainer: Callable[[Any, StageRun], TrainResult],
+) -> TrainResult:
+    """A stage's entry: begin the run (StageRun.begin); then, in head mode (``method: head``),
+    fit with ``head`` and save the model; else train with ``trainer(cfg, run)``."""
+    run = StageRun.begin(cfg, lineage, **inputs)
+    if cfg.method == "head":
+        return run.save_and_finish(*head(cfg, run))
+    return trainer(cfg, run)
+
+
 @dataclass
 class StageRun:
     """What every stage does first and last: validate the config and the caller's lineage, note
@@ -240,20 +264,36 @@ class StageRun:
     eval_rows: Any | None
     files: list[str]
     started_at: str
+    on_log: LogFn | None = None
+    extra_callbacks: list | None = None
 
     @classmethod
     def begin(
-        cls,
-        cfg: _StageConfig,
-        lineage: dict[str, Any] | None,
-        train_rows: data.Rows | None = None,
-        eval_rows: data.Rows | None = None,
+        cls, cfg: _StageConfig, lineage: dict[str, Any] | None, **inputs: Unpack[StageInputs]
     ) -> StageRun:
         cfg.validate()
         checkpoint.check_lineage(lineage)
         started_at = checkpoint.now()
-        train, evaluation, files = data.load_splits(cfg.data, cfg.stage, train_rows, eval_rows)
-        return cls(cfg, lineage, train, evaluation, files, started_at)
+        train, evaluation, files = data.load_splits(
+            cfg.data, cfg.stage, inputs.get("train_rows"), inputs.get("eval_rows")
+        )
+        return cls(
+            cfg,
+            lineage,
+            train,
+            evaluation,
+            files,
+            started_at,
+            on_log=inputs.get("on_log"),
+            extra_callbacks=inputs.get("callbacks"),
+        )
+
+    def callbacks(self) -> list:
+        """The Trainer's callbacks: the caller's, then one forwarding its logs to ``on_log``."""
+        out = list(self.extra_callbacks or [])
+        if self.on_log is not None:
+            out.append(LogCallback(self.on_log))
+        return out
 
     def train_and_save(
         self, trainer, tokenizer, metrics: dict[str, float] | None = None
@@ -265,15 +305,13 @@ class StageRun:
             metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
         return metrics, save_weights(trainer, tokenizer, self.cfg)
 
-    def finish(
-        self, trainer, folder: str, base_model: str, metrics: dict[str, float]
-    ) -> TrainResult:
+    def finish(self, trainer, folder: str, metrics: dict[str, float]) -> TrainResult:
         return finish(
             self.cfg,
             folder,
             is_main=trainer.is_world_process_zero(),
             log_history=trainer.state.log_history,
-            base_model=base_model,
+            base_model=self.cfg.start_model(),
             started_at=self.started_at,
             metrics=metrics,
             lineage=self.lineage,
@@ -281,19 +319,13 @@ class StageRun:
         )
 
     def save_and_finish(
-        self,
-        model,
-        tokenizer,
-        base_model: str,
-        metrics: dict[str, float],
-        log_history: list[dict],
-        on_log: LogFn | None = None,
+        self, model, tokenizer, metrics: dict[str, float], log_history: list[dict]
     ) -> TrainResult:
         """For a stage trained without a Trainer (head mode, one process): report the log
         history through ``on_log`` (as the Trainer's callback would), save the model and
         tokenizer into <output_dir>/final, then write the checkpoint's records."""
-        for entry in log_history if on_log is not None else []:
-            on_log(int(entry["step"]), {k: float(v) for k, v in entry.items() if k != "step"})
+        for entry in log_history if self.on_log is not None else []:
+            self.on_log(int(entry["step"]), {k: float(v) for k, v in entry.items() if k != "step"})
         folder = Path(self.cfg.train.output_dir) / "final"
         model.save_pretrained(str(folder), safe_serialization=True)
         tokenizer.save_pretrained(folder)
@@ -302,7 +334,7 @@ class StageRun:
             str(folder),
             is_main=True,
             log_history=log_history,
-            base_model=base_model,
+            base_model=self.cfg.start_model(),
             started_at=self.started_at,
             metrics=metrics,
             lineage=self.lineage,

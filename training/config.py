@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import yaml
 
@@ -39,8 +39,21 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 def _help(text: str, **kwargs: Any) -> Any:
     """``field`` with help text. Fields with a ``default_factory`` call ``field`` directly, with
-    the same ``metadata={"help": ...}``: ruff (RUF009) only recognises ``dataclasses.field``."""
+    the same ``metadata={"help": ...}`` (or ``_section`` for a section): ruff (RUF009) only
+    recognises ``dataclasses.field`` and the calls pyproject.toml lists as immutable."""
     return field(metadata={"help": text}, **kwargs)
+
+
+def _section(kind: type, text: str, **defaults: Any) -> Any:
+    """A stage config's section field (a nested dataclass) with help text: a fresh
+    ``kind(**defaults)`` for every config, so a stage sets its own defaults of the section."""
+    return field(default_factory=lambda: kind(**defaults), metadata={"help": text})
+
+
+def _at_least_one(name: str, value: int | None) -> None:
+    """An optional count: null (for all) or at least 1."""
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1 (or null for all)")
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -206,9 +219,7 @@ def validate_method(method: str, head: HeadConfig) -> None:
     if head.max_iter < 1 or head.l2 < 0 or head.batch_size < 1:
         raise ValueError("head.max_iter >= 1, head.l2 >= 0 and head.batch_size >= 1 needed")
     for name in ("samples_per_action", "eval_samples"):
-        value = getattr(head, name)
-        if value is not None and value < 1:
-            raise ValueError(f"head.{name} must be at least 1 (or null for all)")
+        _at_least_one(f"head.{name}", getattr(head, name))
 
 
 @dataclass
@@ -248,6 +259,10 @@ class HeadConfig:
         "<training output root>/feature-cache.",
         default=None,
     )
+
+
+OPTIMISATION = "Optimisation section."
+HEAD_MODE = "Head-mode section (method: head)."
 
 
 @dataclass
@@ -300,6 +315,10 @@ class _StageConfig:
                 node[leaf] = "" if isinstance(node[leaf], str) else None
         return type(self).from_dict(raw)
 
+    def start_model(self) -> str:
+        """The model the stage starts from (recorded as the checkpoint's base model)."""
+        return self.model.name_or_path
+
     # -- what the machine gives
 
     def resolved_device(self) -> str:
@@ -320,8 +339,10 @@ class _StageConfig:
 
     # -- validation
 
-    def validate(self) -> _StageConfig:
-        """Raise ValueError for a combination that cannot train; return self to chain."""
+    def validate(self) -> Self:
+        """Raise ValueError for a combination that cannot train; return self to chain. The
+        shared sections first, then the stage's own fields (``_validate_stage``), then head
+        mode's."""
         t = self.train
         if t.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device={t.device!r}: expected auto, cpu or cuda")
@@ -368,11 +389,15 @@ class _StageConfig:
                 raise ValueError("lora.target_modules is empty")
             if lora.base_dtype not in ("float32", "bfloat16"):
                 raise ValueError(f"lora.base_dtype={lora.base_dtype!r}: float32 or bfloat16")
-            if lora.top_layers is not None and lora.top_layers < 1:
-                raise ValueError("lora.top_layers must be at least 1 (or null for all)")
+            _at_least_one("lora.top_layers", lora.top_layers)
             if t.deepspeed and "zero3" in t.deepspeed:
                 raise ValueError("lora with ZeRO-3 is not supported here: use ds_zero2.json")
+        self._validate_stage()
+        validate_method(self.method, self.head)
         return self
+
+    def _validate_stage(self) -> None:
+        """Raise ValueError for a bad value of the stage's own fields."""
 
     def _validate_deepspeed(self, device: str) -> None:
         path = resolve_deepspeed_path(self.train.deepspeed or "")
@@ -401,28 +426,19 @@ class SFTStageConfig(_StageConfig):
     """Supervised fine-tuning on ds_sft: loss on the completion tokens only."""
 
     stage: ClassVar[str] = "sft"
-    model: ModelConfig = field(
-        default_factory=ModelConfig, metadata={"help": "Base model section."}
+    model: ModelConfig = _section(ModelConfig, "Base model section.")
+    data: DataConfig = _section(DataConfig, "Dataset section (ds_sft Parquet).")
+    train: TrainConfig = _section(
+        TrainConfig, OPTIMISATION, output_dir="var/training/sft", learning_rate=5e-5
     )
-    data: DataConfig = field(
-        default_factory=DataConfig, metadata={"help": "Dataset section (ds_sft Parquet)."}
-    )
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(output_dir="var/training/sft", learning_rate=5e-5),
-        metadata={"help": "Optimisation section."},
-    )
-    lora: LoRAConfig = field(
-        default_factory=LoRAConfig, metadata={"help": "LoRA section (off: full fine-tuning)."}
-    )
+    lora: LoRAConfig = _section(LoRAConfig, "LoRA section (off: full fine-tuning).")
     method: str = _help(
         "'trainer': trl's SFTTrainer (LoRA or full fine-tuning, per the lora section); 'head': "
         "the backbone frozen, only the output rows of the decision tokens fitted on its hidden "
         "states at the decision position (the CPU recipe; see the head section).",
         default="trainer",
     )
-    head: HeadConfig = field(
-        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
-    )
+    head: HeadConfig = _section(HeadConfig, HEAD_MODE)
     completion_only_loss: bool = _help(
         "Compute the loss on the assistant completion only, not on the prompt.", default=True
     )
@@ -451,16 +467,12 @@ class SFTStageConfig(_StageConfig):
         default=None,
     )
 
-    def validate(self) -> SFTStageConfig:
-        super().validate()
+    def _validate_stage(self) -> None:
         if self.eval_generate_samples < 0 or (
             self.max_new_tokens is not None and self.max_new_tokens < 1
         ):
             raise ValueError("eval_generate_samples must be >= 0 and max_new_tokens >= 1 or null")
-        if self.completion_lines is not None and self.completion_lines < 1:
-            raise ValueError("completion_lines must be at least 1 (or null for all)")
-        validate_method(self.method, self.head)
-        return self
+        _at_least_one("completion_lines", self.completion_lines)
 
 
 @dataclass
@@ -468,25 +480,19 @@ class DPOStageConfig(_StageConfig):
     """Direct preference optimisation on ds_dpo, starting from the SFT checkpoint."""
 
     stage: ClassVar[str] = "dpo"
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name_or_path=""),
-        metadata={
-            "help": "Base model section; leave name_or_path empty when sft_checkpoint is set."
-        },
+    model: ModelConfig = _section(
+        ModelConfig,
+        "Base model section; leave name_or_path empty when sft_checkpoint is set.",
+        name_or_path="",
     )
-    data: DataConfig = field(
-        default_factory=DataConfig, metadata={"help": "Dataset section (ds_dpo Parquet)."}
+    data: DataConfig = _section(DataConfig, "Dataset section (ds_dpo Parquet).")
+    train: TrainConfig = _section(
+        TrainConfig, OPTIMISATION, output_dir="var/training/dpo", learning_rate=5e-6
     )
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(output_dir="var/training/dpo", learning_rate=5e-6),
-        metadata={"help": "Optimisation section."},
-    )
-    lora: LoRAConfig = field(
-        default_factory=LoRAConfig,
-        metadata={
-            "help": "LoRA section (off: full fine-tuning). With LoRA the frozen reference is the "
-            "policy with its adapters switched off (no second copy of the model)."
-        },
+    lora: LoRAConfig = _section(
+        LoRAConfig,
+        "LoRA section (off: full fine-tuning). With LoRA the frozen reference is the policy "
+        "with its adapters switched off (no second copy of the model).",
     )
     completion_lines: int | None = _help(
         "Keep the first N lines of chosen and rejected (decision-first: 1 compares the decision "
@@ -503,9 +509,7 @@ class DPOStageConfig(_StageConfig):
         "output rows of the decision tokens, the SFT rows as reference (the CPU recipe).",
         default="trainer",
     )
-    head: HeadConfig = field(
-        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
-    )
+    head: HeadConfig = _section(HeadConfig, HEAD_MODE)
     beta: float = _help(
         "DPO temperature: how far the policy may move from the reference (higher: closer).",
         default=0.1,
@@ -524,8 +528,7 @@ class DPOStageConfig(_StageConfig):
         default=False,
     )
 
-    def validate(self) -> DPOStageConfig:
-        super().validate()
+    def _validate_stage(self) -> None:
         if not self.sft_checkpoint and not self.model.name_or_path:
             raise ValueError(
                 "DPO needs a starting point: set sft_checkpoint (the SFT run's final folder) or "
@@ -540,15 +543,16 @@ class DPOStageConfig(_StageConfig):
             raise ValueError(f"sft_checkpoint={self.sft_checkpoint!r} is not a saved model folder")
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta}: must be > 0")
-        if self.completion_lines is not None and self.completion_lines < 1:
-            raise ValueError("completion_lines must be at least 1 (or null for all)")
+        _at_least_one("completion_lines", self.completion_lines)
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
-        validate_method(self.method, self.head)
-        return self
 
     def start_model(self) -> str:
         return self.sft_checkpoint or self.model.name_or_path
+
+    def start_model_config(self) -> ModelConfig:
+        """The model section with the starting point (SFT checkpoint or base) as its model."""
+        return dataclasses.replace(self.model, name_or_path=self.start_model())
 
 
 @dataclass
@@ -556,20 +560,15 @@ class PRMStageConfig(_StageConfig):
     """Process reward model on ds_prm: a score at the separator after every reasoning step."""
 
     stage: ClassVar[str] = "prm"
-    model: ModelConfig = field(
-        default_factory=ModelConfig,
-        metadata={"help": "Backbone section (a causal LM or an SFT checkpoint)."},
+    model: ModelConfig = _section(
+        ModelConfig, "Backbone section (a causal LM or an SFT checkpoint)."
     )
-    data: DataConfig = field(
-        default_factory=DataConfig, metadata={"help": "Dataset section (ds_prm Parquet)."}
+    data: DataConfig = _section(DataConfig, "Dataset section (ds_prm Parquet).")
+    train: TrainConfig = _section(
+        TrainConfig, OPTIMISATION, output_dir="var/training/prm", learning_rate=5e-5
     )
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(output_dir="var/training/prm", learning_rate=5e-5),
-        metadata={"help": "Optimisation section."},
-    )
-    lora: LoRAConfig = field(
-        default_factory=LoRAConfig,
-        metadata={"help": "LoRA section (off: full fine-tuning); the score head always trains."},
+    lora: LoRAConfig = _section(
+        LoRAConfig, "LoRA section (off: full fine-tuning); the score head always trains."
     )
     method: str = _help(
         "'trainer': the transformers Trainer (LoRA or full fine-tuning, per the lora section); "
@@ -578,9 +577,7 @@ class PRMStageConfig(_StageConfig):
         "the traces per decision taken).",
         default="trainer",
     )
-    head: HeadConfig = field(
-        default_factory=HeadConfig, metadata={"help": "Head-mode section (method: head)."}
-    )
+    head: HeadConfig = _section(HeadConfig, HEAD_MODE)
     label_mode: str = _help(
         "'hard': 2-class cross-entropy on the 'labels' column; 'soft': BCE of a 1-logit head "
         "against 'soft_labels' (probabilities in [0, 1]).",
@@ -604,8 +601,7 @@ class PRMStageConfig(_StageConfig):
         "Score below which a step is predicted faulty (for F1 and accuracy).", default=0.5
     )
 
-    def validate(self) -> PRMStageConfig:
-        super().validate()
+    def _validate_stage(self) -> None:
         if self.label_mode not in ("hard", "soft"):
             raise ValueError(f"label_mode={self.label_mode!r}: expected 'hard' or 'soft'")
         expected = self.head_size()
@@ -620,8 +616,6 @@ class PRMStageConfig(_StageConfig):
             raise ValueError("faulty_step_index_base must be 0 or 1")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold must be in (0, 1)")
-        validate_method(self.method, self.head)
-        return self
 
     def head_size(self) -> int:
         return 2 if self.label_mode == "hard" else 1

@@ -393,10 +393,10 @@ def preference_metrics(weights, ref_weights, feats: Features, chosen, rejected, 
     }
 
 
-def train_dpo_head(cfg, run, start_model_cfg) -> tuple[object, object, dict, list[dict]]:
+def train_dpo_head(cfg, run) -> tuple[object, object, dict, list[dict]]:
     """DPO in head mode from the SFT checkpoint: (model, tokenizer, metrics, log history).
     Pairs need ``chosen_action`` / ``rejected_action`` columns (ds_dpo has them)."""
-    model, tokenizer = _head_model(cfg, start_model_cfg)
+    model, tokenizer = _head_model(cfg, cfg.start_model_config())
     system = cfg.data.system_prompt
     rows = action_rows(tokenizer, system)
     train = run.train_rows

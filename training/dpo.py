@@ -16,8 +16,7 @@ After training: eval loss and trl's reward metrics, plus preference accuracy on 
 from __future__ import annotations
 
 import copy
-import dataclasses
-from typing import Any
+from typing import Any, Unpack
 
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
@@ -39,20 +38,15 @@ def _preference(model, tokenizer, rows, cfg: DPOStageConfig) -> dict[str, float]
 
 
 def train_dpo(
-    cfg: DPOStageConfig,
-    lineage: dict[str, Any] | None = None,
-    *,
-    train_rows: data.Rows | None = None,
-    eval_rows: data.Rows | None = None,
-    on_log: common.LogFn | None = None,
-    callbacks: list | None = None,
+    cfg: DPOStageConfig, lineage: dict[str, Any] | None = None, **inputs: Unpack[common.StageInputs]
 ) -> common.TrainResult:
     """Preference-tune the SFT checkpoint on ds_dpo; return metrics and the checkpoint folder."""
-    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
-    if cfg.method == "head":
-        start = dataclasses.replace(cfg.model, name_or_path=cfg.start_model())
-        model, tokenizer, metrics, history = decision_head.train_dpo_head(cfg, run, start)
-        return run.save_and_finish(model, tokenizer, cfg.start_model(), metrics, history, on_log)
+    return common.run_stage(
+        cfg, lineage, inputs, head=decision_head.train_dpo_head, trainer=_train_with_trainer
+    )
+
+
+def _train_with_trainer(cfg: DPOStageConfig, run: common.StageRun) -> common.TrainResult:
     train_raw, eval_raw = run.train_rows, run.eval_rows
     pair_columns = ("chosen", "rejected")
     train_raw = data.first_lines(train_raw, pair_columns, cfg.completion_lines)
@@ -73,7 +67,7 @@ def train_dpo(
         dataset_num_proc=None,
     )
 
-    start = dataclasses.replace(cfg.model, name_or_path=cfg.start_model())
+    start = cfg.start_model_config()
     policy, tokenizer = models.load_model(
         start, task="causal", seed=cfg.train.seed, dtype=models.base_dtype(cfg.lora)
     )
@@ -103,7 +97,7 @@ def train_dpo(
         train_dataset=train_pairs,
         eval_dataset=data.to_dpo(eval_raw, system, 0.0) if eval_raw is not None else None,
         processing_class=tokenizer,
-        callbacks=common.callbacks_for(on_log, callbacks),
+        callbacks=run.callbacks(),
         peft_config=peft_config,
     )
     if args.device.type == "cpu":
@@ -119,4 +113,4 @@ def train_dpo(
         after = _preference(trained, tokenizer, eval_raw, cfg)
         metrics.update({f"eval_{k}": v for k, v in after.items()})
 
-    return run.finish(trainer, folder, cfg.start_model(), metrics)
+    return run.finish(trainer, folder, metrics)

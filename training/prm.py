@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -169,22 +169,19 @@ def describe_head(model: Any, cfg: PRMStageConfig) -> None:
 
 
 def train_prm(
-    cfg: PRMStageConfig,
-    lineage: dict[str, Any] | None = None,
-    *,
-    train_rows: data.Rows | None = None,
-    eval_rows: data.Rows | None = None,
-    on_log: common.LogFn | None = None,
-    callbacks: list | None = None,
+    cfg: PRMStageConfig, lineage: dict[str, Any] | None = None, **inputs: Unpack[common.StageInputs]
 ) -> common.TrainResult:
     """Train a PRM on ds_prm; return metrics (step AUC/F1/found rate) and the checkpoint folder."""
-    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
-    if cfg.method == "head":
-        model, tokenizer, metrics, history = prm_head.train_prm_head(cfg, run)
-        describe_head(model, cfg)
-        return run.save_and_finish(
-            model, tokenizer, cfg.model.name_or_path, metrics, history, on_log
-        )
+    return common.run_stage(cfg, lineage, inputs, head=_train_head, trainer=_train_with_trainer)
+
+
+def _train_head(cfg: PRMStageConfig, run: common.StageRun) -> tuple[Any, Any, dict, list[dict]]:
+    model, tokenizer, metrics, history = prm_head.train_prm_head(cfg, run)
+    describe_head(model, cfg)
+    return model, tokenizer, metrics, history
+
+
+def _train_with_trainer(cfg: PRMStageConfig, run: common.StageRun) -> common.TrainResult:
     train_raw, eval_raw = run.train_rows, run.eval_rows
     args = common.trainer_arguments(
         cfg,
@@ -224,7 +221,7 @@ def train_prm(
         eval_dataset=data.to_prm(eval_raw, **encode) if eval_raw is not None else None,
         data_collator=PRMCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=common.callbacks_for(on_log, callbacks),
+        callbacks=run.callbacks(),
         label_mode=cfg.label_mode,
     )
     metrics, folder = run.train_and_save(trainer, tokenizer)
@@ -237,4 +234,4 @@ def train_prm(
             {f"eval_{k}": v for k, v in evaluate_prm(trained, tokenizer, eval_raw, cfg).items()}
         )
 
-    return run.finish(trainer, folder, cfg.model.name_or_path, metrics)
+    return run.finish(trainer, folder, metrics)

@@ -18,7 +18,7 @@ trainer method: ``lora`` (peft adapters, merged into the weights before saving) 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
@@ -28,24 +28,18 @@ from training.config import SFTStageConfig
 
 
 def train_sft(
-    cfg: SFTStageConfig,
-    lineage: dict[str, Any] | None = None,
-    *,
-    train_rows: data.Rows | None = None,
-    eval_rows: data.Rows | None = None,
-    on_log: common.LogFn | None = None,
-    callbacks: list | None = None,
+    cfg: SFTStageConfig, lineage: dict[str, Any] | None = None, **inputs: Unpack[common.StageInputs]
 ) -> common.TrainResult:
     """Fine-tune ``cfg.model`` on ds_sft; return metrics and the checkpoint folder.
 
     Rows come from ``cfg.data.files`` (split column) unless passed in as frames/datasets.
     """
-    run = common.StageRun.begin(cfg, lineage, train_rows, eval_rows)
-    if cfg.method == "head":
-        model, tokenizer, metrics, history = decision_head.train_sft_head(cfg, run)
-        return run.save_and_finish(
-            model, tokenizer, cfg.model.name_or_path, metrics, history, on_log
-        )
+    return common.run_stage(
+        cfg, lineage, inputs, head=decision_head.train_sft_head, trainer=_train_with_trainer
+    )
+
+
+def _train_with_trainer(cfg: SFTStageConfig, run: common.StageRun) -> common.TrainResult:
     train_raw, eval_raw = run.train_rows, run.eval_rows
     if cfg.balance_actions:
         train_raw = data.balance(train_raw, "action", cfg.train.seed)
@@ -75,7 +69,7 @@ def train_sft(
         train_dataset=data.to_sft(train_raw, system),
         eval_dataset=data.to_sft(eval_raw, system) if eval_raw is not None else None,
         processing_class=tokenizer,
-        callbacks=common.callbacks_for(on_log, callbacks),
+        callbacks=run.callbacks(),
         peft_config=peft_config,
     )
     if args.device.type == "cpu":
@@ -98,4 +92,4 @@ def train_sft(
         )
         metrics.update({f"eval_{k}": v for k, v in scores.items()})
 
-    return run.finish(trainer, folder, cfg.model.name_or_path, metrics)
+    return run.finish(trainer, folder, metrics)

@@ -276,7 +276,7 @@ def run_stage(
     cfg = STAGE_CONFIGS[stage].from_dict(config).validate()
     # A registered starting model is named by its registry URI, not its local cache folder.
     start_uri = (lineage.get("start_from") or {}).get("model_uri")
-    base_model = start_uri or (cfg.start_model() if stage == "dpo" else cfg.model.name_or_path)
+    base_model = start_uri or cfg.start_model()
     tracker = Tracker(**tracking)
     params = flatten({k: v for k, v in cfg.to_dict().items() if k != "stage"})
     run_id = tracker.start(stage, lineage_tags(lineage, base_model, stage), params)
