@@ -95,8 +95,12 @@ format: install
 	@mkdir -p var/lint
 	$(LINT_LAKEHOUSE) $(VENV)/bin/sqlfluff fix dbt_project/models
 
+# Two workers, a test module per worker (--dist loadfile: a module's warehouse fixture is built
+# once): the suite is one core busy most of the time (subprocesses, daemons, dbt), so on 2 cores
+# two modules at a time nearly halve it.
+TEST_WORKERS ?= 2
 test: install lint
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
