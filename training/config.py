@@ -222,6 +222,11 @@ def validate_method(method: str, head: HeadConfig) -> None:
         _at_least_one(f"head.{name}", getattr(head, name))
 
 
+# The feature cache's folder under a training output root (HeadConfig.feature_cache): the
+# training assets and the recipe both put it there.
+FEATURE_CACHE_DIR = "feature-cache"
+
+
 @dataclass
 class HeadConfig:
     """Head mode (``method: head``): the backbone runs once over the prompts, frozen; only the

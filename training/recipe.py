@@ -18,7 +18,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
-from training.config import CONFIG_DIR, STAGES, _StageConfig, load_config
+from training.config import CONFIG_DIR, FEATURE_CACHE_DIR, STAGES, _StageConfig, load_config
 
 RECIPE_STAGES = ("sft", "dpo", "prm")
 PROFILES = ("cpu", "gpu")
@@ -28,10 +28,6 @@ def config_file(stage: str, profile: str) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}: expected one of {', '.join(PROFILES)}")
     return CONFIG_DIR / (f"{stage}_gpu.yaml" if profile == "gpu" else f"{stage}.yaml")
-
-
-# Under the recipe's output folder: the backbone states of head mode (HeadConfig.feature_cache).
-FEATURE_CACHE = "feature-cache"
 
 
 def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -67,7 +63,7 @@ def stage_config(
         wiring += ["model.name_or_path=", f"sft_checkpoint={sft_checkpoint}"]
     if stage in ("sft", "dpo"):
         # Head mode: SFT, DPO and the evaluation share the frozen backbone's states.
-        wiring.append(f"head.feature_cache={Path(out) / FEATURE_CACHE}")
+        wiring.append(f"head.feature_cache={Path(out) / FEATURE_CACHE_DIR}")
     if stage == "prm" and sft_checkpoint:
         # The PRM reads the prompt with the backbone that learnt to read the analog evidence.
         wiring.append(f"model.name_or_path={sft_checkpoint}")

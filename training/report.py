@@ -740,11 +740,10 @@ def evaluate_checkpoints(
         settings={"scorer": "likelihood"},
     )
     report.settings["base_model"] = base_name or ""
-    report.settings["backbone_states"] = {
-        "computed": states.misses,
-        "reused": states.hits,
-        "saved": states.save(),
-    }
+    # Measurements of this run (MLflow metrics and metadata), not settings.
+    report.metrics["backbone_states_computed"] = float(states.misses)
+    report.metrics["backbone_states_reused"] = float(states.hits)
+    report.metrics["backbone_states_saved"] = float(states.save())
     return report
 
 

@@ -305,7 +305,8 @@ class BackboneStates:
         key = self.row_key(row, keep)
         # A copy: a view would keep (and pickle) the whole batch's storage.
         self._states[(digest, key)] = states.detach().to("cpu", copy=True).contiguous()
-        self._new.setdefault(digest, set()).add(key)
+        if self.folder is not None:
+            self._new.setdefault(digest, set()).add(key)
 
     def save(self) -> int:
         """Write the states computed since the last save (no-op without a folder); returns how

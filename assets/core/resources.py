@@ -37,6 +37,7 @@ from assets.core.settings import (
 )
 from assets.core.storage import Storage
 from assets.core.training_run import EXPERIMENT, Tracker
+from training.config import FEATURE_CACHE_DIR
 
 TRAINING_CONFIGS = REPO_ROOT / "training" / "configs"
 TRAINING_PROFILES = ("cpu-small", "gpu")
@@ -221,7 +222,7 @@ class TrainingResource(ConfigurableResource):
 
     def feature_cache(self) -> str:
         """Where head-mode stages and the evaluation keep the frozen backbone's states."""
-        return f"{self.output_root.rstrip('/')}/feature-cache"
+        return f"{self.output_root.rstrip('/')}/{FEATURE_CACHE_DIR}"
 
     def profile_overrides(self, method: str = "trainer") -> list[str]:
         """The profile's overrides, then max_steps (dotted k=v). cpu-small shortens trainer runs
