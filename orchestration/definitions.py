@@ -17,7 +17,7 @@ from assets.models.training import training_assets
 from assets.monitoring.feature_drift import monitoring_assets
 from orchestration.freshness import freshness_checks, freshness_sensor
 from orchestration.reaper import run_reaper
-from orchestration.retraining import retrain_sensor, train_models, weekly_retrain
+from orchestration.retraining import retrain_sensor, train_models_job, weekly_retrain
 from orchestration.sensors import episodes_automation_sensor, landing_sensor
 
 
@@ -39,7 +39,8 @@ def build_definitions() -> dg.Definitions:
             *monitoring_assets,
         ],
         asset_checks=[*dataset_checks, *evaluation_checks, *freshness_checks],
-        jobs=[train_models],
+        # The training runs' Kubernetes resources (GPU) as run tags, from the settings.
+        jobs=[train_models_job(resources["training"].run_tags())],
         schedules=[weekly_retrain],
         sensors=[
             landing_sensor,

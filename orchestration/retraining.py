@@ -41,16 +41,23 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.CANCELING,
 ]
 
-train_models = dg.define_asset_job(
-    TRAIN_JOB,
-    selection=dg.AssetSelection.groups("training"),
-    description=(
-        "Train sft_model, then dpo_model from it, and prm_model (one MLflow run each); evaluate "
-        "them (model_evaluation) and move the registry alias champion (champion_model) only if "
-        "the blocking check beats_champion passes. Launched by retrain_sensor (drift, new "
-        "data), weekly_retrain, or by hand."
-    ),
-)
+
+def train_models_job(tags: dict[str, str] | None = None) -> Any:
+    """The ``train_models`` job. ``tags``: its runs' tags, here the Kubernetes resources of a
+    training run pod (``TrainingResource.run_tags``: ``dagster-k8s/config`` with GPU requests
+    and limits, node selector and tolerations), which orchestration.definitions passes from
+    the settings; none on the laptop."""
+    return dg.define_asset_job(
+        TRAIN_JOB,
+        selection=dg.AssetSelection.groups("training"),
+        tags=tags or None,
+        description=(
+            "Train sft_model, then dpo_model from it, and prm_model (one MLflow run each); "
+            "evaluate them (model_evaluation) and move the registry alias champion "
+            "(champion_model) only if the blocking check beats_champion passes. Launched by "
+            "retrain_sensor (drift, new data), weekly_retrain, or by hand."
+        ),
+    )
 
 
 def training_in_flight(instance: dg.DagsterInstance) -> list[str]:
@@ -103,7 +110,7 @@ def decide_retrain(
 
 
 @dg.sensor(
-    job=train_models,
+    job_name=TRAIN_JOB,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -159,7 +166,7 @@ def retrain_sensor(
 
 
 @dg.schedule(
-    job=train_models,
+    job_name=TRAIN_JOB,
     cron_schedule=DEFAULT_RETRAIN_CRON,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,

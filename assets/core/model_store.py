@@ -81,6 +81,12 @@ class ResolvedModel:
         out["model_uri"] = self.model_uri
         return out
 
+    def start_from(self) -> dict[str, Any]:
+        """What lineage.json records of a stage's starting model: its registry URI and
+        source, not the local cache folder."""
+        record = self.record()
+        return {k: record[k] for k in ("model_uri", "source", "name", "version", "run_id")}
+
 
 def s3_env(endpoint_url: str | None) -> dict[str, str]:
     """The variables that point MLflow's S3 artifact client at an S3-compatible endpoint:

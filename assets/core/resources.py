@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import Config, ConfigurableResource, EnvVar
 from dagster_dbt import DbtCliResource
 from pydantic import PrivateAttr
 
@@ -28,6 +29,7 @@ from assets.core.settings import (
     DEFAULT_MODEL_CACHE,
     DEFAULT_STORAGE_ROOT,
     DEFAULT_TRACKING_URI,
+    DEFAULT_TRAINING_K8S_SCRATCH,
     DEFAULT_TRAINING_LAUNCH,
     DEFAULT_TRAINING_PROFILE,
     DEFAULT_TRAINING_ROOT,
@@ -41,7 +43,14 @@ from training.config import FEATURE_CACHE_DIR
 
 TRAINING_CONFIGS = REPO_ROOT / "training" / "configs"
 TRAINING_PROFILES = ("cpu-small", "gpu")
-TRAINING_LAUNCHES = ("in_process", "pipes")
+TRAINING_LAUNCHES = ("in_process", "pipes", "k8s")
+# dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY: K8sRunLauncher reads the run pod's extra
+# Kubernetes config from this run tag (a JSON string).
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# The run queue limits runs with this tag to one at a time (deploy/dagster.yaml, Helm values).
+RESOURCE_TAG = "decision_data/resource"
+GPU = "nvidia.com/gpu"
+TRAINING_CONTAINER = "training"
 
 
 class StorageResource(ConfigurableResource):
@@ -200,6 +209,95 @@ class MlflowResource(ConfigurableResource):
         )
 
 
+class TrainingPod(Config):
+    """Where a training stage runs on Kubernetes and what it gets there.
+
+    With ``DD_TRAINING_LAUNCH=k8s`` each stage runs in its own pod through ``PipesK8sClient``
+    (:meth:`base_pod_spec`: image, namespace, service account, secrets as environment,
+    resources, node selector, tolerations, a scratch ``emptyDir``). With the other launches the
+    stage trains in the run's own process, so the same resources and scheduling go to the run
+    pod instead, as the ``dagster-k8s/config`` run tag of the training job (:meth:`run_tags`,
+    read by ``K8sRunLauncher``; ignored by the laptop's ``DefaultRunLauncher``). Nothing is set
+    by default: no tag, no GPU. A field of :class:`TrainingResource` (``training.pod``)."""
+
+    image: str | None = None
+    namespace: str | None = None
+    service_account: str | None = None
+    env_secrets: list[str] = []
+    image_pull_policy: str = "IfNotPresent"
+    scratch: str = DEFAULT_TRAINING_K8S_SCRATCH
+    gpus: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+
+    def container_resources(self) -> dict[str, dict[str, str]]:
+        """Requests and limits: the GPUs in both (Kubernetes demands it for extended
+        resources), memory request = limit, CPU requested only (no throttling)."""
+        requests: dict[str, str] = {}
+        limits: dict[str, str] = {}
+        if self.cpu:
+            requests["cpu"] = self.cpu
+        if self.memory:
+            requests["memory"] = limits["memory"] = self.memory
+        if self.gpus:
+            requests[GPU] = limits[GPU] = str(self.gpus)
+        return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+    def scheduling(self) -> dict[str, Any]:
+        """Pod spec fields (snake case, as dagster-k8s takes them): node selector, tolerations."""
+        out: dict[str, Any] = {}
+        if self.node_selector:
+            out["node_selector"] = dict(self.node_selector)
+        if self.tolerations:
+            out["tolerations"] = [dict(t) for t in self.tolerations]
+        return out
+
+    def run_tags(self) -> dict[str, str]:
+        """The run tags that give a run pod these resources (empty when none are set)."""
+        resources, scheduling = self.container_resources(), self.scheduling()
+        config: dict[str, Any] = {}
+        if resources:
+            config["container_config"] = {"resources": resources}
+        if scheduling:
+            config["pod_spec_config"] = scheduling
+        tags = {K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)} if config else {}
+        if self.gpus:
+            tags[RESOURCE_TAG] = "gpu"
+        return tags
+
+    def base_pod_spec(self) -> dict[str, Any]:
+        """The training pod's spec before dagster-k8s adds the image, command and environment
+        (``dagster_k8s.pipes.build_pod_body``). Scratch and ``/dev/shm`` are ``emptyDir``s:
+        the container's own layer is small, and PyTorch's data loader workers and NCCL need a
+        larger shared memory than the runtime's 64 MB default."""
+        container: dict[str, Any] = {
+            "name": TRAINING_CONTAINER,
+            "image_pull_policy": self.image_pull_policy,
+            "volume_mounts": [
+                {"name": "scratch", "mount_path": self.scratch},
+                {"name": "dshm", "mount_path": "/dev/shm"},
+            ],
+        }
+        if resources := self.container_resources():
+            container["resources"] = resources
+        if self.env_secrets:
+            container["env_from"] = [{"secret_ref": {"name": name}} for name in self.env_secrets]
+        spec: dict[str, Any] = {
+            "containers": [container],
+            "restart_policy": "Never",
+            "volumes": [
+                {"name": "scratch", "empty_dir": {}},
+                {"name": "dshm", "empty_dir": {"medium": "Memory"}},
+            ],
+            **self.scheduling(),
+        }
+        if self.service_account:
+            spec["service_account_name"] = self.service_account
+        return spec
+
+
 class TrainingResource(ConfigurableResource):
     """How the training assets train: base model, profile, launch and where checkpoints go."""
 
@@ -213,6 +311,7 @@ class TrainingResource(ConfigurableResource):
     sft_overrides: dict[str, str] = {}
     dpo_overrides: dict[str, str] = {}
     prm_overrides: dict[str, str] = {}
+    pod: TrainingPod = TrainingPod()
 
     def config_file(self, stage: str) -> Path:
         if self.profile not in TRAINING_PROFILES:
@@ -248,6 +347,12 @@ class TrainingResource(ConfigurableResource):
         if self.launch not in TRAINING_LAUNCHES:
             raise ValueError(f"training launch {self.launch!r}: expected {TRAINING_LAUNCHES}")
         return self.launch
+
+    def run_tags(self) -> dict[str, str]:
+        """The training job's Kubernetes run tags: the pod settings go to the run pod when the
+        stages train in it (``in_process``, ``pipes``), not with the ``k8s`` launch, whose own
+        pods get them (a GPU on the run pod would sit idle)."""
+        return {} if self.validate_launch() == "k8s" else self.pod.run_tags()
 
 
 def dbt_executable() -> str:
@@ -304,7 +409,17 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Config
         "training": TrainingResource(
             **_section(
                 settings, "training_", "base_model", "profile", "launch", "output_root", "max_steps"
-            )
+            ),
+            pod=TrainingPod(
+                **_section(
+                    settings,
+                    "training_k8s_",
+                    *("image", "namespace", "service_account", "env_secrets", "scratch"),
+                ),
+                **_section(
+                    settings, "training_", "gpus", "cpu", "memory", "node_selector", "tolerations"
+                ),
+            ),
         ),
         "retrain_settings": RetrainSettings(
             **_section(settings, "retrain_", "min_new_mature_episodes", "paused")

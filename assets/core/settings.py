@@ -21,7 +21,16 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 | ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` | MLflow server credentials (secrets, ``EnvVar``) | |
 | ``DD_TRAINING_BASE_MODEL`` | base model of SFT and PRM | ``smollm2-135m-instruct`` |
 | ``DD_TRAINING_PROFILE`` | ``cpu-small`` (few steps, short sequences) or ``gpu`` (``training/configs/*_gpu.yaml``) | ``cpu-small`` |
-| ``DD_TRAINING_LAUNCH`` | ``in_process`` or ``pipes`` (a subprocess through Dagster Pipes) | ``in_process`` |
+| ``DD_TRAINING_LAUNCH`` | ``in_process``, ``pipes`` (a subprocess through Dagster Pipes) or ``k8s`` (a Kubernetes pod through Dagster Pipes, ``PipesK8sClient``) | ``in_process`` |
+| ``DD_TRAINING_K8S_IMAGE`` | image of the training pod (``k8s`` launch): the project's image, its CUDA build for GPUs | ``DAGSTER_CURRENT_IMAGE`` (the code server's image, set by Dagster's chart) |
+| ``DD_TRAINING_K8S_NAMESPACE`` | namespace of the training pod | the run pod's own, else ``default`` |
+| ``DD_TRAINING_K8S_SERVICE_ACCOUNT`` | service account of the training pod | the namespace's default |
+| ``DD_TRAINING_K8S_ENV_SECRETS`` | comma-separated Kubernetes secrets whose keys become the training pod's environment (S3 keys, MLflow credentials) | |
+| ``DD_TRAINING_K8S_SCRATCH`` | the training pod's local scratch (an ``emptyDir``): downloaded inputs, the checkpoint before it is logged, the model cache | ``/scratch`` |
+| ``DD_TRAINING_GPUS`` | ``nvidia.com/gpu`` requested and limited for the process that trains (the ``k8s`` launch's pod, else the run pod through the ``dagster-k8s/config`` run tag); 0: none | ``0`` |
+| ``DD_TRAINING_CPU`` / ``DD_TRAINING_MEMORY`` | CPU request and memory request = limit of that process (Kubernetes quantities) | |
+| ``DD_TRAINING_NODE_SELECTOR`` | node selector of that pod, a JSON object (``{"nvidia.com/gpu.present": "true"}``) | |
+| ``DD_TRAINING_TOLERATIONS`` | tolerations of that pod, a JSON list (``[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]``) | |
 | ``DD_TRAINING_MAX_STEPS`` | optimizer steps per stage (overrides the profile) | profile's |
 | ``DD_TRAINING_OUTPUT_ROOT`` | where a run writes its checkpoint before logging it to MLflow (local scratch; later stages and the evaluation load from the registry) | ``./var/training`` |
 | ``DD_RETRAIN_MIN_NEW_MATURE_EPISODES`` | new mature episodes that trigger a retrain | 8000 |
@@ -31,10 +40,12 @@ import) both take their settings from :func:`settings_from_env`, so they always 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STORAGE_ROOT = str(REPO_ROOT / "var")
@@ -50,6 +61,7 @@ DEFAULT_MODEL_CACHE = str(REPO_ROOT / "var" / "model-cache")
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_TRAINING_PROFILE = "cpu-small"
 DEFAULT_TRAINING_LAUNCH = "in_process"
+DEFAULT_TRAINING_K8S_SCRATCH = "/scratch"
 # 2 x the default drift window (4 policies' episodes per decision point): enough fresh evidence
 # that a refit is worth its cost even without measured drift.
 DEFAULT_MIN_NEW_MATURE_EPISODES = 8000
@@ -82,6 +94,16 @@ class Settings:
     retrain_min_new_mature_episodes: int
     retrain_paused: bool
     automation_paused: bool
+    training_k8s_image: str | None = None
+    training_k8s_namespace: str | None = None
+    training_k8s_service_account: str | None = None
+    training_k8s_env_secrets: list[str] = field(default_factory=list)
+    training_k8s_scratch: str = DEFAULT_TRAINING_K8S_SCRATCH
+    training_gpus: int = 0
+    training_cpu: str | None = None
+    training_memory: str | None = None
+    training_node_selector: dict[str, str] = field(default_factory=dict)
+    training_tolerations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def default_artifact_location(storage_root: str, tracking_uri: str) -> str | None:
@@ -136,7 +158,31 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         else DEFAULT_MIN_NEW_MATURE_EPISODES,
         retrain_paused=_flag(get("DD_RETRAIN_PAUSED", "0")),
         automation_paused=_flag(get("DD_AUTOMATION_PAUSED", "0")),
+        # The chart sets DAGSTER_CURRENT_IMAGE on the code server: the project's own image.
+        training_k8s_image=get("DD_TRAINING_K8S_IMAGE", get("DAGSTER_CURRENT_IMAGE")),
+        training_k8s_namespace=get("DD_TRAINING_K8S_NAMESPACE"),
+        training_k8s_service_account=get("DD_TRAINING_K8S_SERVICE_ACCOUNT"),
+        training_k8s_env_secrets=[
+            name.strip()
+            for name in (get("DD_TRAINING_K8S_ENV_SECRETS") or "").split(",")
+            if name.strip()
+        ],
+        training_k8s_scratch=get("DD_TRAINING_K8S_SCRATCH", DEFAULT_TRAINING_K8S_SCRATCH),
+        training_gpus=int(get("DD_TRAINING_GPUS", "0")),
+        training_cpu=get("DD_TRAINING_CPU"),
+        training_memory=get("DD_TRAINING_MEMORY"),
+        training_node_selector=_json(get, "DD_TRAINING_NODE_SELECTOR", dict),
+        training_tolerations=_json(get, "DD_TRAINING_TOLERATIONS", list),
     )
+
+
+def _json(get: Any, name: str, kind: type) -> Any:
+    """A JSON object or list from the variable ``name`` (empty: an empty one)."""
+    text = get(name)
+    value = json.loads(text) if text else kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{name}: expected a JSON {kind.__name__}, got {text!r}")
+    return value
 
 
 def _flag(value: str) -> bool:

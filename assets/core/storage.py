@@ -103,6 +103,13 @@ class Storage:
         """Full URI (``s3://…`` or an absolute local path) of a relative path."""
         return f"{self.root}/{rel}" if rel else self.root
 
+    def relative(self, uri: str) -> str:
+        """The relative path of a full URI under this root (the inverse of :meth:`uri`);
+        ValueError for a URI outside it."""
+        if not uri.startswith(f"{self.root}/"):
+            raise ValueError(f"{uri!r} is not under the storage root {self.root}")
+        return uri[len(self.root) + 1 :]
+
     def _full(self, rel: str) -> str:
         # Defence in depth behind the landed-name check: no relative path may climb out of the
         # root or start from another one.

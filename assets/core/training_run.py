@@ -1,11 +1,18 @@
 """One training stage with its MLflow run: shared by the in-process launch and the Pipes child.
 
-    python -m assets.core.training_run {sft,dpo,prm}     (started by PipesSubprocessClient)
+    python -m assets.core.training_run {sft,dpo,prm}     (started by PipesSubprocessClient,
+                                                          or as a pod by PipesK8sClient)
 
 The child reads everything from the Pipes extras (``config``: the stage config as a dict,
 ``lineage``: the lineage dict, ``tracking``: the MLflow settings), trains, streams the Trainer's
 log lines to Dagster, logs the MLflow run and reports the asset materialization back. It imports
 ``dagster_pipes`` and ``mlflow`` but never ``dagster``.
+
+Launched as a Kubernetes pod, the child shares no disk with the run: its extras name the inputs
+by URI (``fetch`` set, see :func:`fetch_inputs`): the dataset files on the storage root
+(``s3://…``, checked against their SHA-256) and the starting model in the registry
+(``models:/decision-data-sft/<n>``); it downloads them into its scratch folder first. Its output
+is the MLflow run's ``checkpoint`` artifact and the registered version, also URIs.
 
 The in-process launch (assets.models.training) calls :func:`run_stage` directly, so both launches write
 the same MLflow content and the same materialization metadata (:func:`materialization_metadata`,
@@ -36,6 +43,8 @@ MLflow layout, one run per stage in experiment ``decision-data``:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -46,8 +55,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from assets.core.settings import DEFAULT_ARTIFACT_LOCATION, DEFAULT_TRACKING_URI
-from assets.core.storage import file_sha256
+from assets.core.model_store import is_model_uri, resolve_model
+from assets.core.settings import (
+    DEFAULT_ARTIFACT_LOCATION,
+    DEFAULT_TRACKING_URI,
+    settings_from_env,
+    storage_settings_from_env,
+)
+from assets.core.storage import Storage, file_sha256
 
 EXPERIMENT = "decision-data"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -240,6 +255,59 @@ class Tracker:
         self.client.set_terminated(run_id, "FAILED")
 
 
+# ------------------------------------------------------------------------------ the inputs
+
+
+def local_dataset_files(
+    storage: Storage, inputs: list[dict[str, Any]], stack: contextlib.ExitStack
+) -> list[str]:
+    """Local copies of the dataset files ``inputs`` names by URI (the files themselves on a
+    local root, downloads held open by ``stack`` on S3), each checked against its SHA-256;
+    ValueError for a file that changed since its export manifest was written."""
+    files = []
+    for item in inputs:
+        local = stack.enter_context(storage.local_copy(storage.relative(item["uri"])))
+        if file_sha256(local) != item["sha256"]:
+            raise ValueError(f"{item['uri']} changed since its export manifest was written")
+        files.append(str(local))
+    return files
+
+
+def start_key(stage: str) -> tuple[str, ...]:
+    """Where a stage config names its starting model: DPO's SFT checkpoint, else the base."""
+    return ("sft_checkpoint",) if stage == "dpo" else ("model", "name_or_path")
+
+
+def fetch_inputs(
+    stage: str,
+    config: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    tracking: dict[str, Any],
+    stack: contextlib.ExitStack,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pod's side of the ``k8s`` launch: the config with its URIs made local, and the
+    starting model's lineage record (None for a plain base model name such as
+    ``smollm2-135m-instruct``, which the image carries). The storage root, its S3 settings and
+    the model cache come from the pod's environment (assets/core/settings.py)."""
+    config = copy.deepcopy(config)
+    storage = Storage(**storage_settings_from_env())
+    config["data"]["files"] = local_dataset_files(storage, inputs, stack)
+    *section, key = start_key(stage)
+    holder = config
+    for name in section:
+        holder = holder[name]
+    if not is_model_uri(holder.get(key)):
+        return config, None
+    resolved = resolve_model(
+        holder[key],
+        tracking_uri=tracking.get("tracking_uri"),
+        registry_uri=tracking.get("registry_uri"),
+        cache_dir=settings_from_env().model_cache,
+    )
+    holder[key] = str(resolved.path)
+    return config, resolved.start_from()
+
+
 # ---------------------------------------------------------------------------- one stage run
 
 
@@ -364,14 +432,18 @@ def main(argv: list[str] | None = None) -> int:
             pipes.log.info(line)
 
         log(f"pipes child pid {os.getpid()}: training {stage}")
-        report = run_stage(
-            stage,
-            extras["config"],
-            extras["lineage"],
-            extras["tracking"],
-            extras["inputs"],
-            log=log,
-        )
+        config, lineage = extras["config"], extras["lineage"]
+        with contextlib.ExitStack() as stack:
+            if extras.get("fetch"):
+                config, start_from = fetch_inputs(
+                    stage, config, extras["inputs"], extras["tracking"], stack
+                )
+                if start_from is not None:
+                    lineage = {**lineage, "start_from": start_from}
+                log(f"fetched {len(extras['inputs'])} dataset files, starting model: {start_from}")
+            report = run_stage(
+                stage, config, lineage, extras["tracking"], extras["inputs"], log=log
+            )
         pipes.report_asset_materialization(metadata=materialization_metadata(report))
     return 0
 

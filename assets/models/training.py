@@ -27,8 +27,10 @@ asset and records where the checkpoint came from:
   writes it, with its own keys, into the checkpoint's lineage.json;
 - launch: in this process (``assets.core.training_run.run_stage`` with MLflow logging on each
   Trainer log) or through Dagster Pipes (``python -m assets.core.training_run <stage>`` as a
-  subprocess, which runs the same function and reports the materialization back). Both give the
-  same MLflow content and the same metadata keys.
+  subprocess, which runs the same function and reports the materialization back), or the same
+  command as a Kubernetes pod (``k8s``: ``PipesK8sClient``, :func:`k8s_launch_request`), which
+  gets URIs instead of local paths (dataset files on the S3 storage root, the starting model as
+  ``models:/…``) and fetches them itself. All give the same MLflow content and metadata keys.
 
 No automation condition yet: the ``train_models`` job (orchestration.definitions) runs them.
 """
@@ -54,10 +56,9 @@ from assets.core.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from assets.core.storage import file_sha256
-from assets.core.training_run import materialization_metadata, run_stage
+from assets.core.storage import Storage
+from assets.core.training_run import local_dataset_files, materialization_metadata, run_stage
 from assets.episodes.dataset_lineage import DATASET_MODELS, at_snapshot, dataset_lineage
-from assets.episodes.datasets import dataset_path
 from training.checkpoint import code_digest as training_code_version
 
 OWNERS = ["team:ml"]
@@ -134,8 +135,10 @@ def stage_config(
     files: list[str],
     output_dir: str,
     start_from: str | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
-    """The resolved stage config (as a dict) for this run: profile, wiring, extra overrides."""
+    """The resolved stage config (as a dict) for this run: profile, wiring, extra overrides;
+    ``validate=False`` for a config whose files and starting model are still URIs."""
     from training.config import STAGES, load_config
 
     extra = training.extra_overrides(stage)
@@ -154,7 +157,7 @@ def stage_config(
         # Head mode: SFT, DPO, the evaluation and later retrains share the backbone's states.
         raw.setdefault("head", {})["feature_cache"] = training.feature_cache()
     cfg = STAGES[stage].from_dict(raw).with_overrides(extra)
-    return cfg.validate().to_dict()
+    return (cfg.validate() if validate else cfg).to_dict()
 
 
 def _stage_asset(stage: str) -> dg.AssetsDefinition:
@@ -204,59 +207,25 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
             "retrain_reason": context.run.tags.get(RETRAIN_REASON_TAG, "manual"),
         }
         splits = lineage["dataset"]["files"]
-        start = (
-            start_model(context, stage, sft_model_uri(context), mlflow) if stage == "dpo" else None
-        )
-        with contextlib.ExitStack() as stack:
-            files, inputs = [], []
-            for split in TRAIN_SPLITS:
-                if split not in splits:
-                    continue
-                entry = splits[split]
-                local = stack.enter_context(store.local_copy(dataset_path(stage, split)))
-                if file_sha256(local) != entry["sha256"]:
-                    raise dg.Failure(
-                        f"{entry['uri']} changed since its export manifest was written; "
-                        f"rematerialize {upstream}"
-                    )
-                files.append(str(local))
-                inputs.append(
-                    {
-                        "name": f"ds_{stage}/{split}",
-                        "context": split,
-                        "uri": entry["uri"],
-                        "sha256": entry["sha256"],
-                        "rows": entry["rows"],
-                    }
-                )
-            if "train" not in splits:
-                raise dg.Failure(f"{upstream} has no train split: nothing to train {stage} on")
-            output_dir = str(Path(training.output_root) / stage / context.run_id)
-            config = stage_config(
-                stage, training, files, output_dir, str(start.path) if start else None
-            )
-            if stage != "dpo" and is_model_uri(config["model"]["name_or_path"]):
-                start = start_model(context, stage, config["model"]["name_or_path"], mlflow)
-                config["model"]["name_or_path"] = str(start.path)
-            if start is not None:
-                # What the stage started from, by registry URI (the folder is a cache entry).
-                lineage["start_from"] = {
-                    k: start.record()[k]
-                    for k in ("model_uri", "source", "name", "version", "run_id")
-                }
-            context.log.info(
-                f"{stage}: {launch} launch, {len(lineage['raw_files'])} raw files, "
-                f"{len(lineage['episode_partitions'])} episode partitions, output {output_dir}"
-            )
-            if launch == "pipes":
-                result = _run_pipes(context, stage, config, lineage, inputs, mlflow)
-                metadata = dict(result.metadata or {})
-            else:
-                mlflow.apply_env()  # the artifact store's endpoint and credentials
-                report = run_stage(
-                    stage, config, lineage, mlflow.settings(), inputs, log=context.log.info
-                )
-                metadata = to_metadata(materialization_metadata(report))
+        if "train" not in splits:
+            raise dg.Failure(f"{upstream} has no train split: nothing to train {stage} on")
+        inputs = [
+            {
+                "name": f"ds_{stage}/{split}",
+                "context": split,
+                "uri": splits[split]["uri"],
+                "sha256": splits[split]["sha256"],
+                "rows": splits[split]["rows"],
+            }
+            for split in TRAIN_SPLITS
+            if split in splits
+        ]
+        if launch == "k8s":
+            # The pod shares no disk with this run: it gets URIs and fetches them itself.
+            result = _run_k8s(context, stage, training, storage, inputs, lineage, mlflow)
+            metadata = dict(result.metadata or {})
+        else:
+            metadata = _run_here(context, stage, training, store, upstream, inputs, lineage, mlflow)
         metadata["launch"] = dg.MetadataValue.text(launch)
         # The end of the data this model trained on (its train split stops before the dataset's
         # validation period): feature_drift compares newer decision points against it.
@@ -274,26 +243,155 @@ def _stage_asset(stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def _run_pipes(
+def _run_here(
     context: dg.AssetExecutionContext,
     stage: str,
+    training: TrainingResource,
+    store: Storage,
+    upstream: str,
+    inputs: list[dict[str, Any]],
+    lineage: dict[str, Any],
+    mlflow: MlflowResource,
+) -> dict[str, Any]:
+    """Train on this machine (in this process or a Pipes subprocess) from local copies of the
+    dataset files and the starting model; the materialization's metadata."""
+    start = start_model(context, stage, sft_model_uri(context), mlflow) if stage == "dpo" else None
+    with contextlib.ExitStack() as stack:
+        try:
+            files = local_dataset_files(store, inputs, stack)
+        except ValueError as err:
+            raise dg.Failure(f"{err}; rematerialize {upstream}") from err
+        output_dir = str(Path(training.output_root) / stage / context.run_id)
+        config = stage_config(
+            stage, training, files, output_dir, str(start.path) if start else None
+        )
+        if stage != "dpo" and is_model_uri(config["model"]["name_or_path"]):
+            start = start_model(context, stage, config["model"]["name_or_path"], mlflow)
+            config["model"]["name_or_path"] = str(start.path)
+        if start is not None:
+            # What the stage started from, by registry URI (the folder is a cache entry).
+            lineage["start_from"] = start.start_from()
+        _log_launch(context, stage, training.launch, lineage, output_dir)
+        if training.launch == "pipes":
+            client = dg.PipesSubprocessClient(env=mlflow.process_env(), cwd=str(REPO_ROOT))
+            invocation = client.run(
+                command=stage_command(stage, sys.executable),
+                context=context,
+                extras=pipes_extras(config, lineage, inputs, mlflow),
+            )
+            return dict(invocation.get_materialize_result().metadata or {})
+        mlflow.apply_env()  # the artifact store's endpoint and credentials
+        report = run_stage(stage, config, lineage, mlflow.settings(), inputs, log=context.log.info)
+        return to_metadata(materialization_metadata(report))
+
+
+def _log_launch(
+    context: dg.AssetExecutionContext,
+    stage: str,
+    launch: str,
+    lineage: dict[str, Any],
+    output_dir: str,
+) -> None:
+    context.log.info(
+        f"{stage}: {launch} launch, {len(lineage['raw_files'])} raw files, "
+        f"{len(lineage['episode_partitions'])} episode partitions, output {output_dir}"
+    )
+
+
+def stage_command(stage: str, python: str = "python") -> list[str]:
+    """The Pipes child's command line (a subprocess, or the training pod's container)."""
+    return [python, "-m", "assets.core.training_run", stage]
+
+
+def pipes_extras(
     config: dict[str, Any],
     lineage: dict[str, Any],
     inputs: list[dict[str, Any]],
     mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """Train in a subprocess through Dagster Pipes; the child reports the materialization."""
-    client = dg.PipesSubprocessClient(env=mlflow.process_env(), cwd=str(REPO_ROOT))
-    invocation = client.run(
-        command=[sys.executable, "-m", "assets.core.training_run", stage],
-        context=context,
-        extras={
-            "config": config,
-            "lineage": lineage,
-            "tracking": mlflow.settings(),
-            "inputs": inputs,
-        },
+    fetch: bool = False,
+) -> dict[str, Any]:
+    """What the Pipes child reads (assets.core.training_run.main); ``fetch``: the inputs are
+    URIs that the child downloads itself (the ``k8s`` launch)."""
+    extras = {"config": config, "lineage": lineage, "tracking": mlflow.settings(), "inputs": inputs}
+    return {**extras, "fetch": True} if fetch else extras
+
+
+def k8s_launch_request(
+    context: dg.AssetExecutionContext,
+    stage: str,
+    training: TrainingResource,
+    storage: StorageResource,
+    inputs: list[dict[str, Any]],
+    lineage: dict[str, Any],
+    mlflow: MlflowResource,
+) -> dict[str, Any]:
+    """The keyword arguments of ``PipesK8sClient.run`` for one stage (without the context):
+    image, command, namespace, environment, pod spec and extras. Every input is a URI the pod
+    can reach: the dataset files on the storage root, the starting model in the registry, the
+    tracking server; its output is the MLflow run's artifact and the registered version.
+    Failure when the storage root or the tracking store is local to this machine."""
+    pod = training.pod
+    storage_root = storage.get().root
+    if "://" not in storage_root or storage_root.startswith("file://"):
+        raise dg.Failure(
+            f"the k8s training launch needs a storage root the pod can reach (s3://…), "
+            f"not {storage_root}"
+        )
+    if mlflow.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in mlflow.tracking_uri:
+        raise dg.Failure(
+            f"the k8s training launch needs a tracking server the pod can reach, "
+            f"not {mlflow.tracking_uri}"
+        )
+    if not pod.image:
+        raise dg.Failure("the k8s training launch needs an image (DD_TRAINING_K8S_IMAGE)")
+    scratch = pod.scratch.rstrip("/")
+    on_pod = training.model_copy(update={"output_root": scratch})
+    start = sft_model_uri(context) if stage == "dpo" else None
+    config = stage_config(
+        stage,
+        on_pod,
+        [i["uri"] for i in inputs],
+        f"{scratch}/{stage}/{context.run_id}",
+        start,
+        validate=False,  # the pod validates once its inputs are local (run_stage)
     )
+    env = {
+        "DD_STORAGE_ROOT": storage_root,
+        "DD_MODEL_CACHE": f"{scratch}/model-cache",
+        # Secrets (S3 keys, MLflow credentials) come from pod.env_secrets, never from here.
+        **{k: v for k, v in mlflow.process_env().items() if k not in mlflow.secret_env()},
+    }
+    if storage.s3_endpoint_url:
+        env["AWS_ENDPOINT_URL"] = storage.s3_endpoint_url
+    return {
+        "image": pod.image,
+        "command": stage_command(stage),
+        "namespace": pod.namespace,
+        "env": env,
+        "base_pod_spec": pod.base_pod_spec(),
+        "base_pod_meta": {"labels": {"app.kubernetes.io/component": f"training-{stage}"}},
+        "extras": pipes_extras(config, lineage, inputs, mlflow, fetch=True),
+    }
+
+
+def _run_k8s(
+    context: dg.AssetExecutionContext,
+    stage: str,
+    training: TrainingResource,
+    storage: StorageResource,
+    inputs: list[dict[str, Any]],
+    lineage: dict[str, Any],
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Train in a Kubernetes pod through Dagster Pipes (``PipesK8sClient``: the Pipes context
+    in the pod's environment, messages read back from its log); the pod reports the
+    materialization."""
+    from dagster_k8s import PipesK8sClient
+
+    request = k8s_launch_request(context, stage, training, storage, inputs, lineage, mlflow)
+    config = request["extras"]["config"]
+    _log_launch(context, stage, "k8s", lineage, config["train"]["output_dir"])
+    invocation = PipesK8sClient().run(context=context, **request)
     return invocation.get_materialize_result()
 
 

