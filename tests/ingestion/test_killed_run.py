@@ -210,8 +210,20 @@ def test_a_killed_cli_run_is_failed_by_the_reaper_and_its_slot_freed(tmp_path, m
                 raise AssertionError(f"the run ended before the kill\n{log_path.read_text()}")
             return _claimed(instance) and _staging_folders(root)
 
+        def frozen_while_writing():
+            """Stop the run (SIGSTOP) where it was seen writing, so the kill cannot land after
+            its staging folder was removed (a write of a few hundred milliseconds). Only the
+            folder is checked again while it is stopped: it may hold the SQLite lock."""
+            if not writing():
+                return False
+            os.killpg(cli.pid, signal.SIGSTOP)
+            if _staging_folders(root):
+                return True
+            os.killpg(cli.pid, signal.SIGCONT)
+            return False
+
         deadline = time.monotonic() + 300
-        while not writing():
+        while not frozen_while_writing():
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.02)
         killed = _kill_tree(cli.pid)
