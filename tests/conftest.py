@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -106,8 +106,9 @@ PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 
 @pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh database on the local test server, dropped afterwards. Skips if unreachable."""
+def pg_databases() -> Iterator[Callable[[], str]]:
+    """A factory of fresh databases on the local test server, all dropped afterwards. Skips if
+    the server is unreachable."""
     psycopg2 = pytest.importorskip("psycopg2")
     try:
         admin = psycopg2.connect(
@@ -119,12 +120,25 @@ def pg_database() -> Iterator[str]:
             f"{str(exc).strip()}"
         )
     admin.autocommit = True
-    name = f"dd_test_{uuid.uuid4().hex[:12]}"
-    try:
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"dd_test_{uuid.uuid4().hex[:12]}"
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        yield name
+        names.append(name)
+        return name
+
+    try:
+        yield create
     finally:
         with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in names:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def pg_database(pg_databases: Callable[[], str]) -> str:
+    """A fresh database on the local test server, dropped afterwards. Skips if unreachable."""
+    return pg_databases()

@@ -28,7 +28,7 @@ import fsspec
 HASH_CHUNK = 8 * 1024 * 1024
 # Scratch folders are named after the process and host that own them, so that the leftovers of
 # a killed process can be told from the folders of a live one: dd-stage-<pid>-<host key>-<random>.
-SCRATCH_NAME = re.compile(r"dd-(stage|read)-(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-")
+SCRATCH_NAME = re.compile(r"dd-(stage|read|dbt)-(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})-")
 _HOST_KEY = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 

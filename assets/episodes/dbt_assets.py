@@ -10,6 +10,7 @@ upstream partitions change. dbt tests become asset checks.
 """
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from assets.core.automation import (
 from assets.core.dbt import build_vars, dbt_project
 from assets.core.partitions import monthly_partitions
 from assets.core.resources import StorageResource, WarehouseResource
+from assets.core.storage import scratch_prefix
 
 OWNERS = ["team:research-data"]
 # dbt selection of the unpartitioned models (``dataset_models``); is_unpartitioned says the same.
@@ -150,14 +152,24 @@ def _refresh_then_build(
 ) -> Iterator[Any]:
     """``dbt <refresh>`` (what every run needs, selected or not), then the run's own selection
     as ``dbt build`` with its events streamed; both with ``window_vars`` and the lakehouse's
-    settings. A failed refresh fails the run ("refreshing <what> failed")."""
+    settings. A failed refresh fails the run ("refreshing <what> failed").
+
+    dbt's target and log folders are a scratch folder of this process, removed after the run
+    (the leftovers of a killed one by the next run): not ``dbt_project/target/`` in the code's
+    own tree, which a run pod's image may not let it write, and which grew by a folder per
+    invocation."""
     window = json.dumps(window_vars)
-    with warehouse.dbt_env():
-        refreshed = dbt.cli([*refresh, "--vars", window])
+    with warehouse.dbt_env(), tempfile.TemporaryDirectory(prefix=scratch_prefix("dd-dbt")) as tmp:
+        refreshed = dbt.cli([*refresh, "--vars", window], target_path=Path(tmp) / "refresh")
         refreshed.wait()
         if not refreshed.is_successful():
             raise dg.Failure(f"refreshing {what} failed")
-        yield from dbt.cli(["build", "--vars", window, *BUILD_FLAGS], context=context).stream()
+        build = dbt.cli(
+            ["build", "--vars", window, *BUILD_FLAGS],
+            context=context,
+            target_path=Path(tmp) / "build",
+        )
+        yield from build.stream()
 
 
 def _seed_specs() -> list[dg.AssetSpec]:

@@ -4,6 +4,7 @@ a free port, started, waited for until they answer, stopped."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import time
@@ -57,3 +58,48 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+MLFLOW_START_TIMEOUT_S = 90.0  # ~50 s on 2 busy cores
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_store_uri: str, artifacts_destination: str, s3_endpoint: str, log_path: Path
+) -> Iterator[str]:
+    """A real ``mlflow server`` on a free port that proxies artifacts (``--serve-artifacts``) to
+    ``artifacts_destination`` on the S3 server at ``s3_endpoint``, as the compose stack's does
+    to MinIO; yields its URL."""
+    import os
+    import sys
+
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
+        MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE="path",
+    )
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts_destination, "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1",
+    ]  # fmt: skip
+    with serve(command, f"{url}/health", env, log_path, MLFLOW_START_TIMEOUT_S, stop_timeout=10):
+        yield url
+
+
+POSTGRES_INSTANCE_YAML = (
+    Path(__file__).resolve().parents[2] / "deploy" / "dagster.postgres-local.yaml"
+)
+
+
+def postgres_dagster_home(home: Path) -> Path:
+    """A DAGSTER_HOME holding only deploy/dagster.postgres-local.yaml (its database named by
+    DAGSTER_PG_DB), as a ConfigMap would mount it in a pod."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(POSTGRES_INSTANCE_YAML, home / "dagster.yaml")
+    return home

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import pipeline
+from helpers import pipeline, servers
 from helpers.resources import local_resources
-from helpers.servers import free_port, serve
 
 from assets.core.lakehouse import lakehouse_connection
 from assets.core.model_store import is_model_uri, local_path, resolve_model
@@ -255,8 +254,6 @@ def test_sft_on_s3_loads_from_the_registry_in_a_fresh_process(
 
 # ---------------------------------------------------------------- a tracking server
 
-SERVER_START_TIMEOUT_S = 90.0
-
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path, s3_server: str, s3_client) -> Iterator[tuple[str, str]]:
@@ -264,23 +261,9 @@ def mlflow_server(tmp_path: Path, s3_server: str, s3_client) -> Iterator[tuple[s
     S3 server, as the compose stack's does to MinIO; yields (URL, bucket)."""
     bucket = f"mlflow-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=bucket)
-    url = f"http://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    env.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        MLFLOW_S3_ENDPOINT_URL=s3_server,
-        MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE="path",
-    )
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", f"s3://{bucket}/artifacts", "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1",
-    ]  # fmt: skip
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
     log_path = tmp_path / "mlflow-server.log"
-    with serve(command, f"{url}/health", env, log_path, SERVER_START_TIMEOUT_S, stop_timeout=10):
+    with servers.mlflow_server(backend, f"s3://{bucket}/artifacts", s3_server, log_path) as url:
         yield url, bucket
 
 
