@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers.servers import production_instance_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -34,15 +36,9 @@ def _ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(DEPLOY)) for p in paths]
 
 
-def _pg_env(db_name: str) -> dict[str, str]:
-    """DAGSTER_PG_* as the production file reads them, pointed at the local test server."""
-    return {
-        "DAGSTER_PG_HOST": PG_HOST,
-        "DAGSTER_PG_PORT": str(PG_PORT),
-        "DAGSTER_PG_USER": PG_USER,
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": db_name,
-    }
+def _pg_env(db_name: str, logs_bucket: str = "dd-compute-logs") -> dict[str, str]:
+    """What the production file reads, pointed at the local test server."""
+    return production_instance_env(db_name, logs_bucket, "dagster-compute-logs")
 
 
 def _home_with(tmp_path: Path, instance_file: Path) -> Path:
@@ -112,6 +108,12 @@ def test_instance_config_validates(
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed
         assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     if path.name == "dagster.yaml":
+        logs = config["compute_logs"]
+        assert (logs["module"], logs["class"]) == (
+            "dagster_aws.s3.compute_log_manager",
+            "S3ComputeLogManager",
+        )
+        assert logs["config"]["bucket"] == {"env": "DAGSTER_COMPUTE_LOGS_BUCKET"}
         db = yaml.safe_load(path.read_text())["storage"]["postgres"]["postgres_db"]
         assert db == {
             "hostname": {"env": "DAGSTER_PG_HOST"},
@@ -196,6 +198,26 @@ def test_helm_values_shape() -> None:
     assert values["concurrency"]["pools"]["defaultLimit"] == 1
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert values["telemetry"]["enabled"] is False
+    logs = values["computeLogManager"]
+    assert logs["type"] == "S3ComputeLogManager"
+    assert (
+        set(logs["config"]["s3ComputeLogManager"])
+        <= {
+            "bucket",
+            "localDir",
+            "prefix",
+            "useSsl",
+            "verify",
+            "verifyCertPath",
+            "endpointUrl",
+            "skipEmptyFiles",
+            "uploadInterval",
+            "uploadExtraArgs",
+            "showUrlOnly",
+            "region",
+        }
+    )  # fmt: skip  (the chart's keys, helm/dagster/templates/helpers/instance/_compute-log-manager.tpl)
+    assert {"name": "decision-data-s3"} in values["dagsterWebserver"]["envSecrets"]
     header = (DEPLOY / "helm" / "values.yaml").read_text()
     for needle in ("dagster-k8s/config", "nvidia.com/gpu", "node_selector", "tolerations"):
         assert needle in header
@@ -299,3 +321,49 @@ def test_postgres_instance_round_trip(
         assert os.environ["DAGSTER_PG_DB"] == pg_database
     finally:
         prod.dispose()
+
+
+def test_production_instance_keeps_the_runs_compute_logs_in_the_bucket(
+    pg_database: str, s3_server: str, s3_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/dagster.yaml's S3ComputeLogManager: a step's stdout and stderr reach the bucket
+    (endpoint from AWS_ENDPOINT_URL, as in compose and the pods) and another process reads them
+    back through its own instance, after the process that ran the step is gone."""
+    import dagster as dg
+
+    bucket = f"dd-logs-{uuid.uuid4().hex[:8]}"
+    s3_client.create_bucket(Bucket=bucket)
+    env = _pg_env(pg_database, bucket) | {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    @dg.asset
+    def noisy() -> None:
+        print("to stdout: 42 rows")
+        print("to stderr: a warning", file=sys.stderr)
+
+    home = _home_with(tmp_path, DEPLOY / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
+        result = dg.materialize([noisy], instance=instance)
+        assert result.success
+    pages = s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix="dagster-compute-logs/"
+    )
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert keys and all(result.run_id in k for k in keys), keys
+
+    with dg.DagsterInstance.from_config(str(home)) as reader:
+        (file_key,) = {
+            e.dagster_event.logs_captured_data.file_key
+            for e in reader.all_logs(result.run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED)
+        }
+        logs = reader.compute_log_manager
+        captured = logs.get_log_data(logs.build_log_key_for_run(result.run_id, file_key))
+    assert b"to stdout: 42 rows" in captured.stdout
+    assert b"to stderr: a warning" in captured.stderr

@@ -92,14 +92,26 @@ def mlflow_server(
         yield url
 
 
-POSTGRES_INSTANCE_YAML = (
-    Path(__file__).resolve().parents[2] / "deploy" / "dagster.postgres-local.yaml"
-)
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def postgres_dagster_home(home: Path) -> Path:
-    """A DAGSTER_HOME holding only deploy/dagster.postgres-local.yaml (its database named by
-    DAGSTER_PG_DB), as a ConfigMap would mount it in a pod."""
+def postgres_dagster_home(home: Path, instance_file: str = "dagster.postgres-local.yaml") -> Path:
+    """A DAGSTER_HOME holding only one instance file of deploy/ (by default the one on the local
+    PostgreSQL, its database named by DAGSTER_PG_DB), as a ConfigMap would mount it in a pod."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(POSTGRES_INSTANCE_YAML, home / "dagster.yaml")
+    shutil.copy(DEPLOY / instance_file, home / "dagster.yaml")
     return home
+
+
+def production_instance_env(pg_db: str, logs_bucket: str, logs_prefix: str) -> dict[str, str]:
+    """What deploy/dagster.yaml (the production instance file) reads from the environment,
+    pointed at the local PostgreSQL (trust auth) and a bucket for the runs' compute logs."""
+    return {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": pg_db,
+        "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket,
+        "DAGSTER_COMPUTE_LOGS_PREFIX": logs_prefix,
+    }

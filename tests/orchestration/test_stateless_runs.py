@@ -2,10 +2,11 @@
 process with an empty working directory, its own HOME, TMPDIR, model cache and training output
 folder, all thrown away after it. The only shared state is what production shares:
 
-- PostgreSQL: the Dagster instance's storage (deploy/dagster.postgres-local.yaml), the
+- PostgreSQL: the Dagster instance's storage (the production deploy/dagster.yaml), the
   lakehouse's DuckLake catalog and the MLflow tracking server's backend, each its own database;
 - an S3-compatible server (moto, on 127.0.0.1): the storage root (landed files, raw/, dataset
-  exports, evaluation files), the lakehouse's Parquet data and the MLflow artifacts;
+  exports, evaluation files), the lakehouse's Parquet data, the MLflow artifacts and the runs'
+  compute logs (stdout/stderr, read back after the pod is gone);
 - an ``mlflow server`` that proxies the artifacts to that bucket.
 
 A first delivery of daily bars lands → the landing sensor's request → raw → every monthly
@@ -34,7 +35,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 from helpers.bars import bars_frame, regime_series
-from helpers.servers import mlflow_server, postgres_dagster_home
+from helpers.servers import mlflow_server, postgres_dagster_home, production_instance_env
 
 from assets.core.feeds import load_feeds
 from assets.core.resources import FeedsResource, StorageResource
@@ -45,7 +46,6 @@ from orchestration.sensors import landing_sensor
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FEED = "desk-bars"
 FEEDS_YAML = f"""
@@ -113,7 +113,7 @@ class Pods:
         cwd, home, tmp, dagster_home = (pod / n for n in ("cwd", "home", "tmp", "dagster"))
         for folder in (cwd, home, tmp):
             folder.mkdir(parents=True)
-        postgres_dagster_home(dagster_home)
+        postgres_dagster_home(dagster_home, "dagster.yaml")
         env = self.env | {
             "HOME": str(home),
             "TMPDIR": str(tmp),
@@ -189,6 +189,16 @@ def _partition_args(request: dg.RunRequest) -> list[str]:
     return ["--partition-range", f"{first}...{tags['dagster/asset_partition_range_end']}"]
 
 
+def _compute_logs(instance: dg.DagsterInstance, run_id: str) -> bytes:
+    """Everything a run's steps wrote to stdout and stderr, as the UI reads it."""
+    manager, out = instance.compute_log_manager, b""
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED):
+        data = event.dagster_event.logs_captured_data  # type: ignore[union-attr]
+        captured = manager.get_log_data(manager.build_log_key_for_run(run_id, data.file_key))
+        out += (captured.stdout or b"") + (captured.stderr or b"")
+    return out
+
+
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return max(a[0], b[0]) < min(a[1], b[1])
 
@@ -224,8 +234,10 @@ def test_every_run_in_a_fresh_process_shares_only_postgres_s3_and_mlflow(
             for k, v in os.environ.items()
             if not k.startswith(("DD_", "DAGSTER_", "MLFLOW_", "AWS_"))
         }
+        # The production instance file (deploy/dagster.yaml): Postgres storage, and the runs'
+        # compute logs in the bucket, where the UI reads them after the pod is gone.
+        env |= production_instance_env(dagster_db, bucket, "dagster-compute-logs")
         env |= {
-            "DAGSTER_PG_DB": dagster_db,
             "DD_STORAGE_ROOT": s3_storage.root,
             "AWS_ENDPOINT_URL": s3_server,
             "AWS_ACCESS_KEY_ID": "testing",
@@ -241,8 +253,10 @@ def test_every_run_in_a_fresh_process_shares_only_postgres_s3_and_mlflow(
         }
         pods = Pods(tmp_path / "pods", env)
         # This process reads the same instance (Postgres) to check the runs' records.
-        monkeypatch.setenv("DAGSTER_PG_DB", dagster_db)
-        instance = dg.DagsterInstance.from_config(str(postgres_dagster_home(tmp_path / "observer")))
+        for key in ("AWS_ENDPOINT_URL", *production_instance_env(dagster_db, bucket, "-")):
+            monkeypatch.setenv(key, env[key])
+        observer_home = postgres_dagster_home(tmp_path / "observer", "dagster.yaml")
+        instance = dg.DagsterInstance.from_config(str(observer_home))
         try:
             cursor = _first_delivery(pods, instance, s3_storage, feed, feeds_file, history)
             _second_day(pods, instance, s3_storage, feed, feeds_file, new_day, cursor)
@@ -285,6 +299,9 @@ def _first_delivery(pods, instance, storage, feed, feeds_file, history) -> str:
     assert champion["dpo_champion_version"] == "1"
     runs = instance.get_runs()
     assert len(runs) == 4 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    # The training run's stdout/stderr outlived its pod: read back from the bucket.
+    (train_run,) = [r for r in runs if r.job_name == "train_models"]
+    assert b"sft_model" in _compute_logs(instance, train_run.run_id)
     # The lakehouse's tables are Parquet files in the bucket, not on any pod's disk.
     lake_files = storage.list_files("lakehouse")
     assert any(f.path.endswith(".parquet") for f in lake_files)
