@@ -100,7 +100,7 @@ format: install
 # two modules at a time nearly halve it.
 TEST_WORKERS ?= 2
 test: install lint
-	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)

@@ -8,7 +8,10 @@
 - ``any_storage``: each test runs on both (ids ``local`` and ``s3``).
 
 Dummy credentials (``testing``) are set with ``monkeypatch`` by ``s3_storage`` only, so they are
-undone after each S3 test and never leak into other tests. No autouse fixtures, no hooks.
+undone after each S3 test and never leak into other tests. No autouse fixtures. One hook,
+``pytest_collection_modifyitems``, only orders the modules: the longest first (see
+``LONGEST_MODULES``), so that on ``-n 2 --dist loadfile`` a long module does not start last and
+leave the other worker idle.
 """
 
 from __future__ import annotations
@@ -24,7 +27,39 @@ from helpers.servers import free_port, serve
 
 from assets.core.storage import Storage
 
+# Modules in the order they should start, longest first (seconds on 2 cores, fresh clone,
+# 2026-12-04: `pytest --durations`); every other module follows in collection order. With
+# `make test`'s `--no-loadscope-reorder`, xdist hands out modules in this order.
+LONGEST_MODULES = (
+    "orchestration/test_stateless_runs.py",  # 280
+    "ingestion/test_killed_run.py",  # 120
+    "episodes/test_lakehouse.py",  # 125
+    "orchestration/test_e2e_cli.py",  # 110
+    "training/test_training.py",  # 110
+    "models/test_training_assets.py",  # 95
+    "episodes/test_marts.py",  # 65
+    "episodes/test_episodes_assets.py",  # 60
+    "episodes/test_backfill_identity.py",  # 55
+    "episodes/test_datasets_assets.py",  # 50
+    "orchestration/test_ui.py",  # 45
+)
 S3_START_TIMEOUT_S = 10.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first (a stable sort: tests keep their order within a module)."""
+    here = Path(__file__).parent
+    if missing := [name for name in LONGEST_MODULES if not (here / name).is_file()]:
+        raise pytest.UsageError(f"conftest.LONGEST_MODULES names missing modules: {missing}")
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+
+    def module_rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return rank.get(module, len(rank))
+
+    items.sort(key=module_rank)
+
+
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
