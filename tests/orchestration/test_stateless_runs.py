@@ -11,9 +11,9 @@ folder, all thrown away after it. The only shared state is what production share
 
 A first delivery of daily bars lands → the landing sensor's request → raw → every monthly
 episode model → marts and dataset exports → SFT → DPO and PRM → evaluation → champion. Then a
-second day lands and three runs go at once (the landing sensor's run of the new day, a backfill
-of the episode months, the evaluation reading the lakehouse): they overlap and all succeed,
-none waits for another. Then the new day reaches SFT v2 and DPO v2 (started from
+second day lands and three runs go at once (a backfill of the episode months and the evaluation
+reading the lakehouse, then, while both are seen running, the landing sensor's run of the new
+day): they overlap and all succeed, none waits for another. Then the new day reaches SFT v2 and DPO v2 (started from
 ``models:/decision-data-sft/2`` through the registry), and the lineage CLI, in another fresh
 process, names both landed files and their hashes.
 
@@ -42,6 +42,7 @@ from assets.core.resources import FeedsResource, StorageResource
 from assets.core.storage import Storage
 from assets.ingestion.landing import land_file
 from orchestration.demo import IN_PROCESS, MARTS_SELECTION, MONTHLY_SELECTION
+from orchestration.polling import wait_until
 from orchestration.sensors import landing_sensor
 
 pytestmark = pytest.mark.e2e
@@ -319,22 +320,33 @@ def _second_day(pods, instance, storage, feed, feeds_file, new_day, cursor) -> N
     assert _partition_args(request) == ["--partition", NEW_DAY]
     before = {r.run_id for r in instance.get_runs()}
     backfill = f"{MONTHS[0]}...{MONTHS[-2]}"
+    # A backfill of the history months (a lakehouse writer) and the evaluation (a lakehouse and
+    # registry reader) start; once both are seen running, the sensor's run of the day joins.
     started = [
         pods.start_dagster(*args)
         for args in (
-            _materialize("--select", "raw_bars", *_partition_args(request)),
-            # history months, all but the new day's
             _materialize("--select", MONTHLY_SELECTION, "--partition-range", backfill),
             _materialize("--select", "model_evaluation", config=TRAIN_CONFIG),
         )
     ]
+
+    def both_running() -> bool:
+        new = [r for r in instance.get_runs() if r.run_id not in before]
+        ended = [r for r in new if r.is_finished]
+        assert not ended, f"{ended[0].job_name} ended before the other run started"
+        return len(new) == 2 and all(r.status == dg.DagsterRunStatus.STARTED for r in new)
+
+    wait_until("the backfill and the evaluation running together", both_running, 300, poll=0.5)
+    started.append(
+        pods.start_dagster(*_materialize("--select", "raw_bars", "--partition", NEW_DAY))
+    )
     for proc, pod in started:
         pods.finish(proc, pod)
     together = [r for r in instance.get_runs() if r.run_id not in before]
     assert len(together) == 3
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in together)
-    # They ran together: the backfill and the evaluation (the long ones) overlap, and the day's
-    # raw run (seconds) ran inside one of them. None waited for a lock held by another.
+    # The day's raw run (seconds) ran while one of the long ones was still running: none waited
+    # for a lock held by another.
     window = {}
     for run in together:
         stats = instance.get_run_stats(run.run_id)
