@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.servers import free_port, serve
+from helpers.servers import PG_HOST, PG_PORT, PG_USER, free_port, serve
 
 from assets.core.storage import Storage
 
@@ -137,7 +137,6 @@ def any_storage(request: pytest.FixtureRequest) -> Storage:
 
 
 # ---------------------------------------------------------------- real Postgres
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 
 @pytest.fixture

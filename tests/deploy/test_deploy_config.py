@@ -11,14 +11,13 @@ What does not run here: the Dockerfile, docker-compose.yml and the Helm values a
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.servers import production_instance_env
+from helpers.servers import dagster_home, production_instance_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -26,9 +25,6 @@ INSTANCE_FILES = sorted(DEPLOY.glob("dagster*.yaml"))
 WORKSPACE_FILES = sorted(DEPLOY.glob("workspace*.yaml"))
 ALL_YAML = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
 POOLS = ("duckdb_warehouse", "gpu")
 
 
@@ -39,13 +35,6 @@ def _ids(paths: list[Path]) -> list[str]:
 def _pg_env(db_name: str, logs_bucket: str = "dd-compute-logs") -> dict[str, str]:
     """What the production file reads, pointed at the local test server."""
     return production_instance_env(db_name, logs_bucket, "dagster-compute-logs")
-
-
-def _home_with(tmp_path: Path, instance_file: Path) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(instance_file, home / "dagster.yaml")
-    return home
 
 
 def test_deploy_has_the_expected_files() -> None:
@@ -81,7 +70,7 @@ def test_instance_config_validates(
 
     for key, value in _pg_env("dd_validate_only").items():
         monkeypatch.setenv(key, value)
-    home = _home_with(tmp_path, path)
+    home = dagster_home(tmp_path / "dagster_home", path.name)
 
     # Dagster's own loader: schema + cross-field checks (run queue vs concurrency, storage, pools).
     config, custom_class = dagster_instance_config(str(home))
@@ -246,7 +235,7 @@ def _assert_pool_limit_is_one(instance, pool: str) -> None:
 def test_local_instance_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster import DagsterInstance
 
-    home = _home_with(tmp_path, DEPLOY / "dagster.local.yaml")
+    home = dagster_home(tmp_path / "dagster_home", "dagster.local.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     instance = DagsterInstance.get()
     try:
@@ -273,7 +262,7 @@ def test_postgres_instance_round_trip(
 ) -> None:
     from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
-    home = _home_with(tmp_path, DEPLOY / "dagster.postgres-local.yaml")
+    home = dagster_home(tmp_path / "dagster_home", "dagster.postgres-local.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DAGSTER_PG_DB", pg_database)
 
@@ -305,9 +294,7 @@ def test_postgres_instance_round_trip(
 
     # The production file reads every connection setting from DAGSTER_PG_*: point those at the
     # same database and check that it resolves them and sees the same event.
-    prod_home = tmp_path / "prod_home"
-    prod_home.mkdir()
-    shutil.copy(DEPLOY / "dagster.yaml", prod_home / "dagster.yaml")
+    prod_home = dagster_home(tmp_path / "prod_home", "dagster.yaml")
     for k, v in _pg_env(pg_database).items():
         monkeypatch.setenv(k, v)
     prod = DagsterInstance.from_config(str(prod_home))
@@ -347,7 +334,7 @@ def test_production_instance_keeps_the_runs_compute_logs_in_the_bucket(
         print("to stdout: 42 rows")
         print("to stderr: a warning", file=sys.stderr)
 
-    home = _home_with(tmp_path, DEPLOY / "dagster.yaml")
+    home = dagster_home(tmp_path / "dagster_home", "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
         result = dg.materialize([noisy], instance=instance)

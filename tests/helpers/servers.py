@@ -4,9 +4,11 @@ a free port, started, waited for until they answer, stopped."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -70,9 +72,6 @@ def mlflow_server(
     """A real ``mlflow server`` on a free port that proxies artifacts (``--serve-artifacts``) to
     ``artifacts_destination`` on the S3 server at ``s3_endpoint``, as the compose stack's does
     to MinIO; yields its URL."""
-    import os
-    import sys
-
     url = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env.update(
@@ -93,9 +92,11 @@ def mlflow_server(
 
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# The machine's PostgreSQL (trust auth), as the tests use it.
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 
-def postgres_dagster_home(home: Path, instance_file: str = "dagster.postgres-local.yaml") -> Path:
+def dagster_home(home: Path, instance_file: str = "dagster.postgres-local.yaml") -> Path:
     """A DAGSTER_HOME holding only one instance file of deploy/ (by default the one on the local
     PostgreSQL, its database named by DAGSTER_PG_DB), as a ConfigMap would mount it in a pod."""
     home.mkdir(parents=True, exist_ok=True)
@@ -107,9 +108,9 @@ def production_instance_env(pg_db: str, logs_bucket: str, logs_prefix: str) -> d
     """What deploy/dagster.yaml (the production instance file) reads from the environment,
     pointed at the local PostgreSQL (trust auth) and a bucket for the runs' compute logs."""
     return {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": "5432",
-        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_HOST": PG_HOST,
+        "DAGSTER_PG_PORT": str(PG_PORT),
+        "DAGSTER_PG_USER": PG_USER,
         "DAGSTER_PG_PASSWORD": "",
         "DAGSTER_PG_DB": pg_db,
         "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket,

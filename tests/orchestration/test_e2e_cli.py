@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
-from helpers.servers import postgres_dagster_home
+from helpers.servers import dagster_home
 
 from assets.core.feeds import load_feeds
 from assets.core.storage import Storage
@@ -55,7 +55,7 @@ def _open_instance(home: Path, env: dict[str, str], monkeypatch) -> dg.DagsterIn
 
 
 def test_cli_materializes_default_feed_on_postgres_instance(tmp_path, pg_database, monkeypatch):
-    home, root = postgres_dagster_home(tmp_path / "dagster_home"), tmp_path / "var"
+    home, root = dagster_home(tmp_path / "dagster_home"), tmp_path / "var"
     env = _env(home, root, DAGSTER_PG_DB=pg_database)
     storage = Storage(str(root))
     land_file(storage, load_feeds(REPO / "feeds.yaml")["bokeh-stocks"], default_feed_file())

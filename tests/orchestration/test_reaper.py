@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import psutil
 from dagster._core.events import EngineEventData
-from helpers.servers import postgres_dagster_home
+from helpers.servers import dagster_home
 
 from orchestration.reaper import (
     WORKER_START_GRACE_S,
@@ -215,7 +215,7 @@ def test_a_run_recorded_by_this_process_is_alive(tmp_path):
 
 def test_a_postgres_instance_on_a_loopback_address_is_local(tmp_path, pg_database, monkeypatch):
     monkeypatch.setenv("DAGSTER_PG_DB", pg_database)
-    instance = dg.DagsterInstance.from_config(str(postgres_dagster_home(tmp_path / "home")))
+    instance = dg.DagsterInstance.from_config(str(dagster_home(tmp_path / "home")))
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert instance_is_local(instance)

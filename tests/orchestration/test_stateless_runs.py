@@ -35,9 +35,17 @@ import dagster as dg
 import pandas as pd
 import pytest
 from helpers.bars import bars_frame, regime_series
-from helpers.servers import mlflow_server, postgres_dagster_home, production_instance_env
+from helpers.servers import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    dagster_home,
+    mlflow_server,
+    production_instance_env,
+)
 
 from assets.core.feeds import load_feeds
+from assets.core.materializations import latest_metadata
 from assets.core.resources import FeedsResource, StorageResource
 from assets.core.storage import Storage
 from assets.ingestion.landing import land_file
@@ -111,14 +119,14 @@ class Pods:
     def start(self, *command: str) -> tuple[subprocess.Popen, Path]:
         self.count += 1
         pod = self.base / f"pod-{self.count:02d}"
-        cwd, home, tmp, dagster_home = (pod / n for n in ("cwd", "home", "tmp", "dagster"))
+        cwd, home, tmp = (pod / n for n in ("cwd", "home", "tmp"))
         for folder in (cwd, home, tmp):
             folder.mkdir(parents=True)
-        postgres_dagster_home(dagster_home, "dagster.yaml")
+        instance_home = dagster_home(pod / "dagster", "dagster.yaml")
         env = self.env | {
             "HOME": str(home),
             "TMPDIR": str(tmp),
-            "DAGSTER_HOME": str(dagster_home),
+            "DAGSTER_HOME": str(instance_home),
             "DD_MODEL_CACHE": str(tmp / "model-cache"),
             "DD_TRAINING_OUTPUT_ROOT": str(tmp / "training"),
         }
@@ -156,9 +164,9 @@ def _materialize(*args: str, config: dict | None = None) -> list[str]:
 
 
 def _latest(instance: dg.DagsterInstance, name: str) -> dict:
-    record = instance.get_latest_materialization_event(dg.AssetKey(name))
-    assert record is not None, f"{name} was never materialized"
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    metadata = latest_metadata(instance, name)
+    assert metadata, f"{name} was never materialized"
+    return metadata
 
 
 def _sensor_requests(
@@ -225,7 +233,7 @@ def test_every_run_in_a_fresh_process_shares_only_postgres_s3_and_mlflow(
     history, new_day = _deliveries(tmp_path)
 
     with mlflow_server(
-        f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
+        f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{mlflow_db}",
         f"s3://{bucket}/mlflow",
         s3_server,
         tmp_path / "mlflow-server.log",
@@ -245,7 +253,9 @@ def test_every_run_in_a_fresh_process_shares_only_postgres_s3_and_mlflow(
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "DD_FEEDS_FILE": str(feeds_file),
-            "DD_LAKEHOUSE_CATALOG_DSN": f"dbname={lake_db} host=127.0.0.1 port=5432 user=postgres",
+            "DD_LAKEHOUSE_CATALOG_DSN": (
+                f"dbname={lake_db} host={PG_HOST} port={PG_PORT} user={PG_USER}"
+            ),
             "MLFLOW_TRACKING_URI": tracking_uri,
             "DD_TRAINING_BASE_MODEL": "tiny",
             "DD_TRAINING_MAX_STEPS": "2",
@@ -256,7 +266,7 @@ def test_every_run_in_a_fresh_process_shares_only_postgres_s3_and_mlflow(
         # This process reads the same instance (Postgres) to check the runs' records.
         for key in ("AWS_ENDPOINT_URL", *production_instance_env(dagster_db, bucket, "-")):
             monkeypatch.setenv(key, env[key])
-        observer_home = postgres_dagster_home(tmp_path / "observer", "dagster.yaml")
+        observer_home = dagster_home(tmp_path / "observer", "dagster.yaml")
         instance = dg.DagsterInstance.from_config(str(observer_home))
         try:
             cursor = _first_delivery(pods, instance, s3_storage, feed, feeds_file, history)
