@@ -32,8 +32,8 @@ from assets.core.storage import Storage
 # `make test`'s `--no-loadscope-reorder`, xdist hands out modules in this order.
 LONGEST_MODULES = (
     "orchestration/test_stateless_runs.py",  # 280
-    "ingestion/test_killed_run.py",  # 120
     "episodes/test_lakehouse.py",  # 125
+    "ingestion/test_killed_run.py",  # 120
     "orchestration/test_e2e_cli.py",  # 110
     "training/test_training.py",  # 110
     "models/test_training_assets.py",  # 95
